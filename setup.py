@@ -1,0 +1,29 @@
+"""Mask R-CNN++: UNet++-style dense pyramid necks for detectron2, for nuclei instance segmentation.
+
+torch, torchvision and detectron2 are installed by scripts/install.sh (detectron2 is not on the
+package registry and must be built against the installed torch), so they are not listed here.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="maskrcnnpp",
+    version="0.1.0",
+    description="Mask R-CNN++: dense nested (UNet++) feature pyramids for detectron2",
+    python_requires=">=3.9",
+    packages=find_packages(include=["maskrcnnpp", "maskrcnnpp.*"]),
+    # The YAML configs ship inside the package (maskrcnnpp/configs links to ./configs), so the
+    # model zoo finds them after a non-editable install, from any working directory.
+    package_data={"maskrcnnpp": ["configs/*.yaml"]},
+    install_requires=[
+        "numpy",
+        "scipy",
+        "opencv-python-headless",
+        "pycocotools",
+        "fvcore",
+        "matplotlib",
+        "tabulate",
+        "tqdm",
+        "Pillow",
+    ],
+    extras_require={"test": ["pytest"]},
+)
