@@ -1,0 +1,65 @@
+"""Config keys that Mask R-CNN++ adds to detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+
+def add_maskrcnnpp_config(cfg):
+    """Add every Mask R-CNN++ key to ``cfg`` (a detectron2 CfgNode), with its default."""
+    # The pyramid neck built by the dense backbone builders (see maskrcnnpp/modeling).
+    cfg.MODEL.DENSE_FPN = CN()
+    # Wiring of the nested grid: "fpn", "nested" (UNet+), "dense" (UNet++), "fullscale" (UNet 3+).
+    cfg.MODEL.DENSE_FPN.TOPOLOGY = "dense"
+    # How a node merges its inputs: "concat" (UNet++) or "sum" (FusionNet).
+    cfg.MODEL.DENSE_FPN.FUSION = "concat"
+    # Block applied after fusion: "conv3x3", "reduce_conv3x3" (1x1 then 3x3), "residual" (FusionNet)
+    # or "identity" (FPN's plain merge; needs FUSION "sum").
+    cfg.MODEL.DENSE_FPN.NODE_BLOCK = "reduce_conv3x3"
+    # Channels of every grid node (laterals included); outputs are projected to FPN.OUT_CHANNELS.
+    cfg.MODEL.DENSE_FPN.NODE_WIDTH = 128
+    # Normalization in lateral, node and output convs ("" for none, "GN", "BN", "SyncBN", ...).
+    cfg.MODEL.DENSE_FPN.NORM = "GN"
+    # Upsampling of coarser nodes: "nearest", "bilinear" or "transposed" (learned).
+    cfg.MODEL.DENSE_FPN.UPSAMPLE = "nearest"
+    # Pyramid depth used at inference (UNet++ pruning); 0 means the full depth.
+    cfg.MODEL.DENSE_FPN.INFERENCE_DEPTH = 0
+    # Depths whose pyramids get the detection and mask losses in training (deep supervision), e.g.
+    # [1, 2, 3]; read by META_ARCHITECTURE "DeeplySupervisedRCNN".
+    cfg.MODEL.DENSE_FPN.DEEP_SUPERVISION_DEPTHS = []
+
+    # Extra COCO nuclei datasets to register, each [name, json_file, image_root]; then name them in
+    # DATASETS.TRAIN / DATASETS.TEST.
+    cfg.DATASETS.COCO_NUCLEI = []
+
+    # NucleiEvaluator (maskrcnnpp/evaluation); also the defaults of tools/evaluate.py.
+    cfg.TEST.NUCLEI = CN()
+    # Predictions scoring at least this form the instance maps behind IoU, Dice, DSB score, AJI, PQ.
+    cfg.TEST.NUCLEI.SCORE_THRESHOLD = 0.5
+    # COCO maxDets for mask AP (masks kept per image); COCO's 100 truncates crowded images.
+    cfg.TEST.NUCLEI.MAX_DETS = 1000
+
+    # Nuclei training augmentations (maskrcnnpp/data/augment.py), after detectron2's resize and flip.
+    cfg.INPUT.NUCLEI_AUG = CN()
+    # Applied in this order; any of hflip, vflip, rot90, scale, brightness, contrast, gamma, stain, elastic.
+    cfg.INPUT.NUCLEI_AUG.NAMES = []
+    # "scale": range of the random zoom factor applied after the resize.
+    cfg.INPUT.NUCLEI_AUG.SCALE_RANGE = (0.8, 1.25)
+    # "brightness": range of the intensity factor (detectron2 RandomBrightness).
+    cfg.INPUT.NUCLEI_AUG.BRIGHTNESS_RANGE = (0.8, 1.2)
+    # "contrast": range of the contrast factor around the image mean (detectron2 RandomContrast).
+    cfg.INPUT.NUCLEI_AUG.CONTRAST_RANGE = (0.8, 1.2)
+    # "gamma": range of the gamma exponent, drawn log-uniformly.
+    cfg.INPUT.NUCLEI_AUG.GAMMA_RANGE = (0.8, 1.25)
+    # "stain": spread of the H&E-DAB stain jitter (alpha in 1 +- sigma, beta in +- sigma).
+    cfg.INPUT.NUCLEI_AUG.STAIN_SIGMA = 0.05
+    # "elastic": control points per side of the coarse displacement grid (U-Net: 3).
+    cfg.INPUT.NUCLEI_AUG.ELASTIC_GRID = 3
+    # "elastic": std of the control-point displacements in pixels (U-Net: 10).
+    cfg.INPUT.NUCLEI_AUG.ELASTIC_SIGMA = 10.0
+
+    # Overlap-tile inference for large images (maskrcnnpp/inference/tiling.py).
+    cfg.TEST.TILE = CN()
+    # Tile side in input pixels; each tile is resized like a whole image (INPUT.MIN/MAX_SIZE_TEST).
+    cfg.TEST.TILE.SIZE = 640
+    # Overlap of neighbouring tiles; keep it >= the largest nucleus + 16 px (DSB2018: 139 px).
+    cfg.TEST.TILE.OVERLAP = 160
+    # Tiles per model call; memory grows with this, not with the image.
+    cfg.TEST.TILE.BATCH_SIZE = 4

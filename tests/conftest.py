@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny synthetic nuclei set and a runner for the project's command-line tools."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from maskrcnnpp.data.synthetic import generate_synthetic_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A model and schedule small enough for a few CPU iterations in seconds, on top of the quickstart.
+TINY_TRAINING = [
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1", "SOLVER.STEPS", "()",
+    "DATALOADER.NUM_WORKERS", "0", "TEST.DETECTIONS_PER_IMAGE", "50",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "SEED", "0",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_nuclei(tmp_path_factory):
+    """A 4-image synthetic COCO set, and the command-line options that register and use it."""
+    folder = str(tmp_path_factory.mktemp("data") / "tiny")
+    generate_synthetic_dataset(folder, num_images=4, seed=3, image_size=(128, 128))
+    entry = str([["tiny_nuclei", os.path.join(folder, "annotations.json"), os.path.join(folder, "images")]])
+    return {
+        "folder": folder,
+        "opts": ["DATASETS.COCO_NUCLEI", entry,
+                 "DATASETS.TRAIN", "('tiny_nuclei',)", "DATASETS.TEST", "('tiny_nuclei',)"],
+    }
+
+
+def run_tool(script, *args, env=None, timeout=600):
+    """Run ``tools/<script>`` as a user would; returns the CompletedProcess (text output)."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env.setdefault("DETECTRON2_DATASETS", os.path.join(REPO, "datasets"))
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
+        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )

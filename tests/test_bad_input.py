@@ -1,0 +1,104 @@
+"""Bad input gives one clear error that says what is wrong and how to fix it, and writes nothing."""
+import json
+import os
+
+import pytest
+from conftest import run_tool
+
+from maskrcnnpp.engine import build_cfg, check_datasets
+from maskrcnnpp.errors import UserInputError
+
+QUICKSTART = "configs/quickstart_synthetic.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def error_of(*opts, config_file=QUICKSTART):
+    with pytest.raises(UserInputError) as info:
+        cfg = build_cfg(config_file, opts)
+        check_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
+    return str(info.value)
+
+
+def test_cli_prints_one_error_line_and_writes_nothing(tmp_path):
+    output_dir = tmp_path / "out"
+    result = run_tool("train_net.py", "--config-file", "configs/no_such.yaml", "OUTPUT_DIR", output_dir)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: Config file configs/no_such.yaml does not exist"
+    )
+    assert not output_dir.exists()
+
+
+def test_missing_config_file():
+    assert "list the shipped ones" in error_of(config_file="configs/no_such.yaml")
+
+
+def test_misspelled_key_suggests_the_right_one():
+    message = error_of("SOLVER.MAX_ITERS", "5")
+    assert "unknown config key SOLVER.MAX_ITERS" in message
+    assert "Did you mean 'SOLVER.MAX_ITER'?" in message
+
+
+def test_misspelled_key_in_config_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f'_BASE_: "{os.path.abspath(QUICKSTART)}"\nMODEL:\n  DENSE_FPN:\n    TOPOLGY: "dense"\n')
+    message = error_of(config_file=str(bad))
+    assert "unknown config key MODEL.DENSE_FPN.TOPOLGY" in message
+    assert "MODEL.DENSE_FPN.TOPOLOGY" in message
+
+
+def test_wrong_value_type():
+    assert "SOLVER.MAX_ITER" in error_of("SOLVER.MAX_ITER", "'many'")
+
+
+def test_unregistered_dataset():
+    message = error_of("DATASETS.TRAIN", "('nuclei_synthetic_trian',)")
+    assert "Dataset 'nuclei_synthetic_trian' is not registered" in message
+    assert "Did you mean 'nuclei_synthetic_train'?" in message
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    result = run_tool(
+        "train_net.py", "--config-file", QUICKSTART, "DATASETS.TRAIN", "('dsb2018_train',)",
+        "OUTPUT_DIR", tmp_path / "out", env={"DETECTRON2_DATASETS": str(tmp_path / "empty")},
+    )
+    assert result.returncode == 2
+    assert "does not exist. Prepare it with: python datasets/prepare_nuclei.py dsb2018" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_image_folder(tmp_path):
+    (tmp_path / "annotations.json").write_text("{}")
+    entry = str([["no_images", str(tmp_path / "annotations.json"), str(tmp_path / "images")]])
+    message = error_of("DATASETS.COCO_NUCLEI", entry, "DATASETS.TRAIN", "('no_images',)")
+    assert f"image folder {tmp_path / 'images'} does not exist" in message
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("not_json", "{not json", "is not valid JSON"),
+        ("not_coco", json.dumps({"images": []}), "is not a COCO instance file"),
+    ],
+)
+def test_malformed_coco_file(tmp_path, name, content, problem):
+    (tmp_path / "images").mkdir()
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text(content)
+    entry = str([[name, str(annotations), str(tmp_path / "images")]])
+    message = error_of("DATASETS.COCO_NUCLEI", entry, "DATASETS.TRAIN", f"('{name}',)")
+    assert f"Dataset '{name}': {annotations} {problem}" in message
+
+
+def test_eval_only_without_weights(tmp_path):
+    result = run_tool(
+        "train_net.py", "--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", "nope.pth",
+        "OUTPUT_DIR", tmp_path / "out",
+    )
+    assert result.returncode == 2
+    assert "--eval-only needs trained weights" in result.stderr
