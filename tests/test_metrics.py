@@ -1,0 +1,387 @@
+"""Nuclei metrics on hand-made images whose answers are worked out from pixel counts below."""
+
+import contextlib
+import io
+import json
+import time
+from fractions import Fraction as F
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.structures import Boxes, Instances
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from maskrcnnpp.config import add_maskrcnnpp_config
+from maskrcnnpp.data.coco_io import coco_dict, encode_mask, labelmap_to_annotations
+from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.evaluation import (
+    NucleiEvaluator,
+    evaluate_coco_predictions,
+    evaluate_image,
+    instance_overlaps,
+    instances_to_labelmap,
+    load_coco_gt,
+    summarize_images,
+)
+
+SHAPE = (10, 20)
+SCORES = ("iou", "dice", "dsb_score", "aji", "pq", "sq", "dq")
+
+
+def labelmap(boxes, shape=SHAPE):
+    """Instance i + 1 fills boxes[i] = (top, bottom, left, right), half-open."""
+    labels = np.zeros(shape, dtype=np.int32)
+    for label, (top, bottom, left, right) in enumerate(boxes, start=1):
+        labels[top:bottom, left:right] = label
+    return labels
+
+
+A, B, C = (0, 4, 0, 4), (0, 4, 6, 10), (6, 10, 0, 5)  # 16, 16 and 20 pixels, apart
+EXTRA = (6, 9, 6, 9)  # 9 pixels touching no true nucleus
+SMALL, LARGE, MERGED = (0, 4, 0, 2), (0, 4, 3, 9), (0, 4, 0, 9)  # 8, 24, 36 (gap included)
+WHOLE, PART_OF_18, PART_OF_9 = (0, 3, 0, 9), (0, 3, 0, 6), (0, 3, 6, 9)  # 27 = 18 + 9
+HALF_TRUE, HALF_PRED = (0, 2, 0, 4), (0, 2, 0, 2)  # 8 and 4 pixels: IoU exactly 1/2
+
+# DSB: a pair with IoU 2/3 matches at 0.50, 0.55, 0.60 and 0.65, i.e. 4 of the 10 thresholds.
+# PQ with one match, one miss or one extra: DQ = 1 / (1 + 1/2) = 2/3.
+CASES = {
+    "perfect": ([A, B, C], [A, B, C], dict(iou=1, dice=1, dsb_score=1, aji=1, pq=1, sq=1, dq=1)),
+    # 16 of 32 true pixels found; AJI union = 16 (pair) + 16 (missed nucleus).
+    "missed": (
+        [A, B],
+        [A],
+        dict(
+            iou=F(16, 32),
+            dice=F(2 * 16, 32 + 16),
+            dsb_score=F(1, 2),
+            aji=F(16, 16 + 16),
+            pq=F(2, 3),
+            sq=1,
+            dq=F(2, 3),
+        ),
+    ),
+    # 9 extra predicted pixels; AJI union = 16 (pair) + 9 (unpaired prediction).
+    "false_positive": (
+        [A],
+        [A, EXTRA],
+        dict(
+            iou=F(16, 25),
+            dice=F(2 * 16, 16 + 25),
+            dsb_score=F(1, 2),
+            aji=F(16, 25),
+            pq=F(2, 3),
+            sq=1,
+            dq=F(2, 3),
+        ),
+    ),
+    # One 36-pixel prediction over 8 + 24 true pixels: IoUs 8/36 and 24/36 = 2/3. Only the large
+    # nucleus matches (4 thresholds, TP/(TP+FP+FN) = 1/2). AJI: both pair with the merge, whose
+    # 36 pixels count in both unions.
+    "merged": (
+        [SMALL, LARGE],
+        [MERGED],
+        dict(
+            iou=F(32, 36),
+            dice=F(2 * 32, 32 + 36),
+            dsb_score=F(4, 10) * F(1, 2),
+            aji=F(8 + 24, 36 + 36),
+            pq=F(2, 3) * F(2, 3),
+            sq=F(2, 3),
+            dq=F(2, 3),
+        ),
+    ),
+    # 27 true pixels split 18 + 9: IoUs 2/3 and 1/3. The 18-pixel part matches (4 thresholds,
+    # 1/2 each); AJI union = 27 (pair) + 9 (unpaired part).
+    "split": (
+        [WHOLE],
+        [PART_OF_18, PART_OF_9],
+        dict(
+            iou=1,
+            dice=1,
+            dsb_score=F(4, 10) * F(1, 2),
+            aji=F(18, 27 + 9),
+            pq=F(2, 3) * F(2, 3),
+            sq=F(2, 3),
+            dq=F(2, 3),
+        ),
+    ),
+    # IoU exactly 1/2 is not a match: matching needs IoU above the threshold.
+    "iou_one_half": (
+        [HALF_TRUE],
+        [HALF_PRED],
+        dict(iou=F(4, 8), dice=F(2 * 4, 8 + 4), dsb_score=0, aji=F(4, 8), pq=0, sq=0, dq=0),
+    ),
+    "empty": ([], [], dict(iou=1, dice=1, dsb_score=1, aji=1, pq=1, sq=1, dq=1)),
+    "nothing_to_find": ([], [A], dict(iou=0, dice=0, dsb_score=0, aji=0, pq=0, sq=0, dq=0)),
+}
+
+
+def assert_scores(values, expected):
+    for key, value in expected.items():
+        assert values[key] == pytest.approx(float(value), abs=1e-12), key
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_worked_out_cases(case):
+    true_boxes, pred_boxes, expected = CASES[case]
+    values = evaluate_image(labelmap(true_boxes), labelmap(pred_boxes))
+    assert_scores(values, expected)
+    assert (values["num_true"], values["num_pred"]) == (len(true_boxes), len(pred_boxes))
+
+
+def test_dataset_pools_pixels_and_matches_but_averages_image_scores():
+    rows = [
+        evaluate_image(labelmap([A]), labelmap([A])),
+        evaluate_image(labelmap([A, B]), labelmap([A])),
+    ]
+    summary = summarize_images(rows)
+    # Pixels: 16 + 16 found of 16 + 32 true, 16 + 16 predicted. Matches: TP 2, FN 1, IoU sum 2.
+    expected = dict(
+        iou=F(32, 48),
+        dice=F(2 * 32, 48 + 32),
+        iou_macro=(1 + F(1, 2)) / 2,
+        dice_macro=(1 + F(2, 3)) / 2,
+        dsb_score=(1 + F(1, 2)) / 2,
+        aji=(1 + F(1, 2)) / 2,
+        pq=F(2, 2 + F(1, 2)),
+        sq=1,
+        dq=F(2, 2 + F(1, 2)),
+        pq_macro=(1 + F(2, 3)) / 2,
+        true_per_image=F(3, 2),
+        pred_per_image=1,
+    )
+    assert_scores(summary, expected)
+    assert (summary["num_images"], summary["num_true"], summary["num_pred"]) == (2, 3, 2)
+
+
+def test_overlaps_match_pixelwise_counts_on_random_maps():
+    rng = np.random.default_rng(0)
+    true_labels = rng.integers(0, 6, size=(30, 30)) * 7  # sparse label values with gaps
+    pred_labels = rng.integers(0, 5, size=(30, 30))
+    overlaps = instance_overlaps(true_labels, pred_labels)
+    true_values, pred_values = [np.unique(m)[1:] for m in (true_labels, pred_labels)]
+    assert overlaps.true_areas.tolist() == [(true_labels == v).sum() for v in true_values]
+    for t, p, iou in zip(overlaps.true_index, overlaps.pred_index, overlaps.iou):
+        true_mask, pred_mask = true_labels == true_values[t], pred_labels == pred_values[p]
+        assert iou == (true_mask & pred_mask).sum() / (true_mask | pred_mask).sum()
+    assert len(overlaps.iou) == len(true_values) * len(pred_values)  # random maps: all pairs touch
+
+
+def box_mask(box, shape=SHAPE):
+    return labelmap([box], shape) > 0
+
+
+def test_labelmap_gives_overlaps_to_the_higher_score_and_drops_low_scores():
+    masks = np.stack([box_mask((0, 4, 0, 4)), box_mask((2, 6, 2, 6)), box_mask((8, 10, 8, 10))])
+    labels = instances_to_labelmap(masks, SHAPE, scores=[0.6, 0.9, 0.3], score_threshold=0.5)
+    # The 0.9 mask keeps all 16 pixels, the 0.6 one loses the 2x2 overlap, 0.3 is below 0.5.
+    assert [(labels == k).sum() for k in (1, 2, 3)] == [16 - 4, 16, 0]
+
+
+def test_labelmap_ties_and_unscored_masks_keep_the_earlier_instance():
+    masks = np.stack([box_mask((0, 4, 0, 4)), box_mask((2, 6, 2, 6))])
+    for labels in (
+        instances_to_labelmap(masks, SHAPE, [0.7, 0.7]),
+        instances_to_labelmap(masks, SHAPE),
+    ):
+        assert [(labels == k).sum() for k in (1, 2)] == [16, 16 - 4]
+
+
+def test_labelmap_rejects_masks_of_another_size():
+    with pytest.raises(UserInputError, match="5x5 but the image is 10x20"):
+        instances_to_labelmap([np.ones((5, 5), bool)], SHAPE)
+
+
+def grid_labelmap(rows, cols, cell, radius, shift=(0, 0)):
+    """rows x cols round nuclei, one per cell x cell square, optionally shifted."""
+    yy, xx = np.mgrid[: rows * cell, : cols * cell]
+    centre_y = (yy // cell) * cell + cell // 2 + shift[0]
+    centre_x = (xx // cell) * cell + cell // 2 + shift[1]
+    inside = (yy - centre_y) ** 2 + (xx - centre_x) ** 2 < radius**2
+    return np.where(inside, (yy // cell) * cols + xx // cell + 1, 0).astype(np.int32)
+
+
+def test_400_nuclei_on_1000x1000_evaluate_well_under_a_second():
+    true_labels = grid_labelmap(20, 20, 50, 18)
+    pred_labels = grid_labelmap(20, 20, 50, 17, shift=(2, -1))
+    evaluate_image(true_labels, pred_labels)  # warm-up
+    start = time.perf_counter()
+    values = evaluate_image(true_labels, pred_labels)
+    assert time.perf_counter() - start < 0.5
+    assert (values["num_true"], values["num_pred"], values["tp"]) == (400, 400, 400)
+
+
+# --- COCO predictions: the path shared by NucleiEvaluator and tools/evaluate.py ---------------
+
+
+def coco_gt_from_labelmaps(labelmaps):
+    images, annotations = [], []
+    for image_id, labels in enumerate(labelmaps, start=1):
+        height, width = labels.shape
+        images.append(
+            {"id": image_id, "file_name": f"{image_id}.png", "height": height, "width": width}
+        )
+        annotations += labelmap_to_annotations(labels, image_id, len(annotations) + 1)
+    return coco_dict(images, annotations, "test")
+
+
+def coco_gt_api(dataset):
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def results_from_labelmap(labels, image_id, scores):
+    """One COCO result per label (in label order) with the given scores."""
+    return [
+        {
+            "image_id": image_id,
+            "category_id": 1,
+            "segmentation": encode_mask(labels == value),
+            "score": score,
+        }
+        for value, score in zip(np.unique(labels)[1:], scores)
+    ]
+
+
+def test_coco_path_applies_threshold_and_overlap_rule_before_the_metrics():
+    coco_gt = coco_gt_api(coco_gt_from_labelmaps([labelmap([A])]))
+    predictions = results_from_labelmap(labelmap([A, EXTRA]), 1, [0.9, 0.8])
+    predictions += results_from_labelmap(labelmap([C]), 1, [0.2])  # below the threshold
+    # A 4-pixel mask inside A: the 0.9 prediction of A takes its pixels, so it vanishes.
+    predictions += results_from_labelmap(labelmap([(1, 3, 1, 3)]), 1, [0.7])
+    summary, rows = evaluate_coco_predictions(
+        coco_gt, predictions, score_threshold=0.5, max_dets=1000
+    )
+    assert_scores(rows[0], CASES["false_positive"][2])
+    assert rows[0]["num_pred"] == 2
+    assert summary["score_threshold"] == 0.5 and summary["max_dets"] == 1000
+
+
+def noisy_predictions(labelmaps, rng):
+    """Shifted copies of most true nuclei plus some blobs, with random scores."""
+    results = []
+    for image_id, labels in enumerate(labelmaps, start=1):
+        shifted = np.roll(labels, rng.integers(-2, 3, size=2), axis=(0, 1))
+        keep = np.unique(shifted)[1:]
+        keep = keep[rng.random(len(keep)) < 0.8]
+        blobs = grid_labelmap(4, 4, labels.shape[0] // 4, 3, shift=(5, 5))
+        for mask in [shifted == v for v in keep] + [blobs == v for v in range(1, 4)]:
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "segmentation": encode_mask(mask),
+                    "score": float(rng.random()),
+                    "bbox": [0, 0, 1, 1],
+                }
+            )
+    return results
+
+
+def pycocotools_segm_stats(dataset, predictions):
+    coco_gt = coco_gt_api(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(
+            [{k: v for k, v in p.items() if k != "bbox"} for p in predictions]
+        )
+        coco_eval = COCOeval(coco_gt, coco_dt, "segm")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval.stats[:6] * 100
+
+
+def test_mask_ap_matches_pycocotools():
+    rng = np.random.default_rng(1)
+    # 36 small nuclei per image (< COCO's 100 maxDets) and an image of 4 medium ones.
+    labelmaps = [grid_labelmap(6, 6, 16, 4 + i) for i in range(3)] + [grid_labelmap(2, 2, 48, 20)]
+    dataset = coco_gt_from_labelmaps(labelmaps)
+    predictions = noisy_predictions(labelmaps, rng)
+    summary, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
+    ours = [summary[f"mask_{name}"] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+    reference = pycocotools_segm_stats(dataset, predictions)
+    assert np.allclose(ours, np.where(reference < 0, np.nan, reference), equal_nan=True, atol=1e-9)
+    assert 5 < ours[0] < 95 and np.isfinite(ours[4])  # a non-trivial case, with medium nuclei
+
+
+def test_mask_ap_counts_every_nucleus_of_a_crowded_image():
+    labels = grid_labelmap(10, 15, 12, 4)  # 150 nuclei
+    dataset = coco_gt_from_labelmaps([labels])
+    predictions = results_from_labelmap(labels, 1, np.linspace(1.0, 0.5, 150))
+    summary, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
+    assert summary["mask_AP"] == pytest.approx(100)
+    # COCO's default maxDets=100 sees only 100 of the 150 perfect masks.
+    assert pycocotools_segm_stats(dataset, predictions)[0] < 70
+
+
+def test_no_predictions_give_zero_ap_and_zero_scores():
+    coco_gt = coco_gt_api(coco_gt_from_labelmaps([labelmap([A, B])]))
+    summary, _ = evaluate_coco_predictions(coco_gt, [], 0.5, 1000)
+    assert summary["mask_AP"] == 0 and summary["dsb_score"] == 0 and summary["iou"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"image_id": 99}, r"absent from the ground truth, e.g. \[99\]"),
+        (
+            {"segmentation": encode_mask(np.ones((10, 10), bool))},
+            "mask of size 10x10 but the image is 10x20",
+        ),
+        ({"category_id": 0}, "category_id 0, which is not in the ground truth's categories"),
+        ({"score": None}, "scores must be finite numbers"),
+        ({"segmentation": [[0, 0, 1, 1, 2, 2]]}, "segmentation must be an RLE dict"),
+    ],
+)
+def test_bad_predictions_name_the_problem(change, message):
+    coco_gt = coco_gt_api(coco_gt_from_labelmaps([labelmap([A])]))
+    predictions = results_from_labelmap(labelmap([A]), 1, [0.9])
+    with pytest.raises(UserInputError, match=message):
+        evaluate_coco_predictions(coco_gt, [{**predictions[0], **change}], 0.5, 1000)
+
+
+def test_evaluator_agrees_with_the_shared_function(tmp_path):
+    true_labels = labelmap([A, B, C])
+    dataset = coco_gt_from_labelmaps([true_labels])
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    dataset_name = f"nuclei_evaluator_test_{tmp_path.name}"
+    MetadataCatalog.get(dataset_name).set(json_file=str(tmp_path / "gt.json"))
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    evaluator = NucleiEvaluator(cfg, dataset_name, str(tmp_path / "out"))
+
+    pred_labels = labelmap([A, (0, 4, 6, 9), EXTRA])
+    masks = torch.from_numpy(np.stack([pred_labels == k for k in (1, 2, 3)]))
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    instances = Instances(
+        SHAPE,
+        pred_masks=masks,
+        scores=scores,
+        pred_classes=torch.zeros(3, dtype=torch.int64),
+        pred_boxes=Boxes(torch.zeros(3, 4)),
+    )
+    evaluator.reset()
+    evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    results = evaluator.evaluate()
+
+    expected, _ = evaluate_coco_predictions(
+        load_coco_gt(tmp_path / "gt.json"),
+        results_from_labelmap(pred_labels, 1, [0.9, 0.8, 0.7]),
+        0.5,
+        1000,
+    )
+    assert results["nuclei"] == pytest.approx(expected, nan_ok=True)
+    # detectron2's EvalHook stores every value as a float.
+    assert all(isinstance(float(value), float) for value in results["nuclei"].values())
+    # A exact, 12 of B's 16 pixels, a 9-pixel extra, C (20) missed: 16 + 12 of 52 + 37 - 28.
+    assert results["nuclei"]["iou"] == pytest.approx(28 / 61)
+    assert results["nuclei"]["num_pred"] == 3 and results["nuclei"]["num_true"] == 3
+    assert (tmp_path / "out" / "nuclei_metrics.json").is_file()
+    assert (tmp_path / "out" / "nuclei_per_image.csv").read_text().count("\n") == 2

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Evaluate a COCO results file of nuclei masks against COCO ground truth; no model needed.
+
+    python tools/evaluate.py --gt datasets/dsb2018/annotations/val.json \\
+        --pred output/inference/coco_instances_results.json --out output/eval
+
+Prints the metrics table (mask AP, IoU, Dice, DSB score, AJI, PQ, counts) and, with --out, writes
+DIR/metrics.json and DIR/per_image.csv.
+"""
+
+import argparse
+import os
+import sys
+
+from detectron2.config import get_cfg
+
+from maskrcnnpp.config import add_maskrcnnpp_config
+from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.evaluation import (
+    evaluate_coco_predictions,
+    format_summary,
+    load_coco_gt,
+    load_coco_results,
+    save_evaluation,
+)
+
+
+def parse_args(argv=None):
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    defaults = cfg.TEST.NUCLEI  # one source of truth for training and this tool
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--gt", required=True, help="COCO ground-truth JSON (images, annotations, categories)"
+    )
+    parser.add_argument(
+        "--pred",
+        required=True,
+        help="COCO results JSON: image_id, category_id, RLE segmentation, score",
+    )
+    parser.add_argument("--out", help="folder for metrics.json and per_image.csv")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=defaults.SCORE_THRESHOLD,
+        help="predictions scoring at least this form the instance maps (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-dets",
+        type=int,
+        default=defaults.MAX_DETS,
+        help="COCO maxDets for mask AP: masks kept per image (default: %(default)s)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        coco_gt = load_coco_gt(args.gt)
+        predictions = load_coco_results(args.pred)
+        summary, rows = evaluate_coco_predictions(
+            coco_gt, predictions, args.score_threshold, args.max_dets
+        )
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    if args.out:
+        save_evaluation(
+            summary,
+            rows,
+            os.path.join(args.out, "metrics.json"),
+            os.path.join(args.out, "per_image.csv"),
+        )
+        print(f"Wrote {os.path.join(args.out, 'metrics.json')} and per_image.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
