@@ -36,9 +36,9 @@ def add_maskrcnnpp_config(cfg):
     # COCO maxDets for mask AP (masks kept per image); COCO's 100 truncates crowded images.
     cfg.TEST.NUCLEI.MAX_DETS = 1000
 
-    # Nuclei training augmentations (maskrcnnpp/data/augment.py), after detectron2's resize and flip.
+    # Nuclei training augmentations (maskrcnnpp/data/augment.py), after detectron2's own.
     cfg.INPUT.NUCLEI_AUG = CN()
-    # Applied in this order; any of hflip, vflip, rot90, scale, brightness, contrast, gamma, stain, elastic.
+    # Applied in order; any of hflip vflip rot90 scale brightness contrast gamma stain elastic.
     cfg.INPUT.NUCLEI_AUG.NAMES = []
     # "scale": range of the random zoom factor applied after the resize.
     cfg.INPUT.NUCLEI_AUG.SCALE_RANGE = (0.8, 1.25)

@@ -6,14 +6,16 @@ import re
 import torch
 import yaml
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, defaults
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 
 from .config import add_maskrcnnpp_config
 from .data import register_nuclei_coco
+from .data.augment import build_nuclei_train_mapper
 from .errors import UserInputError, did_you_mean
+from .evaluation import NucleiEvaluator
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +120,11 @@ defaults.create_ddp_model = _create_ddp_model
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with nuclei evaluation."""
+    """detectron2's DefaultTrainer with nuclei augmentations and nuclei evaluation beside COCO's."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_nuclei_train_mapper(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -131,5 +137,6 @@ class Trainer(DefaultTrainer):
                     output_dir=output_folder,
                     max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
                 ),
+                NucleiEvaluator(cfg, dataset_name, output_folder),
             ]
         )

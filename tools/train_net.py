@@ -12,6 +12,8 @@ import sys
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import maskrcnnpp  # noqa: F401  (registers datasets and models)
 from maskrcnnpp.engine import Trainer, build_cfg, check_datasets
@@ -22,6 +24,7 @@ def setup(args):
     cfg = build_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskrcnnpp")
     return cfg
 
 
