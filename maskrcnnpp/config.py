@@ -63,3 +63,5 @@ def add_maskrcnnpp_config(cfg):
     cfg.TEST.TILE.OVERLAP = 160
     # Tiles per model call; memory grows with this, not with the image.
     cfg.TEST.TILE.BATCH_SIZE = 4
+    # Image borders: "mirror" (U-Net: mirror-pad by OVERLAP/2) or "shift" (edge tiles moved inside).
+    cfg.TEST.TILE.BORDER = "mirror"
