@@ -103,9 +103,18 @@ def test_cli_prints_the_table_and_writes_json(configs, tmp_path, capsys):
         (["missing.yaml"], "does not exist"),
         (["{fpn}", "--out", "report.txt"], ".md or .json"),
         (["{fpn}", "--size", "16"], "--size 16 is too small"),
+        (["{dense}+MODEL.DENSE_FPN.NODE_WIDTH"], "write a config variant as path.yaml+KEY=VALUE"),
     ],
 )
 def test_cli_reports_bad_input_as_one_line(configs, args, message, capsys):
     assert neck_report.main([a.format(**configs) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+
+
+def test_a_config_variant_costs_what_the_equivalent_config_costs(configs, rows):
+    (variant,) = cost_table([configs["dense"] + "+MODEL.DENSE_FPN.INFERENCE_DEPTH=1"], size=64)
+    pruned = next(row for row in rows if row["config"] == "pruned.yaml")
+    assert variant["config"] == "dense.yaml+MODEL.DENSE_FPN.INFERENCE_DEPTH=1"
+    assert variant["neck"].endswith("depth 1")
+    assert variant["neck_flops"] == pruned["neck_flops"]

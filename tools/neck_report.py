@@ -4,6 +4,9 @@
     python tools/neck_report.py configs/maskrcnn_R50_FPN.yaml configs/maskrcnnpp_R50*.yaml
     python tools/neck_report.py configs/maskrcnnpp_R50.yaml \
         --baseline configs/maskrcnn_R50_FPN.yaml --size 512 --out output/neck_report.md
+    # a variant of a config, to price one design choice:
+    python tools/neck_report.py configs/maskrcnn_R50_FPN.yaml \
+        configs/maskrcnnpp_R50.yaml+MODEL.DENSE_FPN.NODE_WIDTH=256
 """
 
 import argparse
@@ -23,7 +26,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("configs", nargs="+", metavar="CFG", help="config files to measure")
+    parser.add_argument("configs", nargs="+", metavar="CFG", help="config files to measure; PATH+KEY=VALUE+... measures a variant")
     parser.add_argument("--size", type=int, default=512, help="side of the square input image")
     parser.add_argument(
         "--baseline", metavar="CFG", help="config the ratios refer to (default: the first CFG)"

@@ -24,6 +24,7 @@ from ..io_utils import write_json, write_text
 
 __all__ = [
     "count_parameters",
+    "parse_config_spec",
     "measure_cost",
     "describe_neck",
     "cost_table",
@@ -51,6 +52,25 @@ def count_parameters(module):
 def _silenced(analysis):
     """An fvcore analysis without its per-op warnings (elementwise ops are not counted anyway)."""
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+
+
+def parse_config_spec(spec):
+    """``path.yaml`` or a variant of it, ``path.yaml+KEY=VALUE+...`` -> (path, override list).
+
+    Variants let one report price a design choice (e.g. ``+MODEL.DENSE_FPN.NODE_WIDTH=256``)
+    without a config file per choice.
+    """
+    path, *overrides = spec.split("+")
+    opts = []
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator or not key:
+            raise UserInputError(
+                f"{spec!r}: write a config variant as path.yaml+KEY=VALUE, e.g. "
+                "configs/maskrcnnpp_R50.yaml+MODEL.DENSE_FPN.NODE_WIDTH=256."
+            )
+        opts += [key, value]
+    return path, opts
 
 
 def measure_cost(cfg, size=512):
@@ -100,10 +120,11 @@ def cost_table(config_files, size=512, baseline=None):
     baseline = baseline or config_files[0]
     if baseline not in config_files:
         config_files.insert(0, baseline)
-    cfgs = [build_cfg(path) for path in config_files]  # a bad config fails before any measuring
+    # A bad config fails before any measuring.
+    cfgs = [build_cfg(*parse_config_spec(spec)) for spec in config_files]
     rows = []
-    for path, cfg in zip(tqdm(config_files, desc="measuring", unit="config"), cfgs):
-        row = {"config": os.path.basename(path), "neck": describe_neck(cfg)}
+    for spec, cfg in zip(tqdm(config_files, desc="measuring", unit="config"), cfgs):
+        row = {"config": os.path.basename(spec), "neck": describe_neck(cfg)}
         rows.append({**row, **measure_cost(cfg, size)})
     reference = rows[config_files.index(baseline)]
     for row in rows:
