@@ -1,4 +1,6 @@
-"""Overlap-tile inference: each nucleus found once and whole across seams, one tile == one call."""
+"""Overlap-tile inference: each nucleus found once and whole across seams and image borders,
+one tile == one call."""
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -47,21 +49,23 @@ class DiscDetector(torch.nn.Module):
         return instances
 
 
-def tiling_cfg(size=512, overlap=96, batch_size=3):
+def tiling_cfg(size=512, overlap=96, batch_size=3, border="mirror"):
     cfg = get_cfg()
     add_maskrcnnpp_config(cfg)
     cfg.INPUT.MIN_SIZE_TEST = 0  # no resize: the fake model sees tiles pixel for pixel
     cfg.TEST.TILE.SIZE, cfg.TEST.TILE.OVERLAP, cfg.TEST.TILE.BATCH_SIZE = size, overlap, batch_size
+    cfg.TEST.TILE.BORDER = border
     return cfg
 
 
-def seam_discs(height, width, cfg, seed=0):
-    """A label image of discs centred on seams, tile edges, their crossings and the image border."""
-    tiles = image_tiles(height, width, cfg.TEST.TILE.SIZE, cfg.TEST.TILE.OVERLAP)
+def seam_discs(predictor, height, width, seed=0):
+    """A label image of discs centred on the predictor's seams, tile edges, their crossings, the
+    image border (cut by it) and 48 px inside it (their mirrored twins lie in the padding)."""
+    tiles = predictor.tiles(height, width)
 
     def positions(seams, starts, size, length):
         edges = {s for s in starts if s > 0} | {s + size for s in starts if s + size < length}
-        return sorted({round(p) for p in seams} | edges | {0, length - 1})
+        return sorted({round(p) for p in seams} | edges | {0, 48, length - 49, length - 1})
 
     xs = positions({s for t in tiles for s in t.x_seams}, {t.x0 for t in tiles},
                    tiles[0].width, width)
@@ -81,12 +85,12 @@ def seam_discs(height, width, cfg, seed=0):
 
 def check_each_disc_once_and_whole(instances, labels):
     found = []
-    masks = instances.pred_masks
+    masks, areas = instances.pred_masks, np.bincount(labels.ravel())
     for (x0, y0, x1, y1), crop in zip(masks.boxes.tolist(), masks.crops):
         ids = np.unique(labels[y0:y1, x0:x1][crop.numpy()])
         assert len(ids) == 1 and ids[0] > 0
         assert np.array_equal(labels[y0:y1, x0:x1] == ids[0], crop.numpy()), f"disc {ids[0]} cut"
-        assert (labels == ids[0]).sum() == crop.sum(), f"disc {ids[0]} cut"
+        assert areas[ids[0]] == crop.sum(), f"disc {ids[0]} cut"
         found.append(ids[0])
     assert sorted(found) == list(range(1, labels.max() + 1)), "a disc is missing or duplicated"
 
@@ -95,36 +99,76 @@ def as_image(labels):
     return np.repeat(np.where(labels > 0, 255, 0).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
-def test_large_image_finds_each_seam_disc_once_with_its_full_mask():
-    cfg = tiling_cfg()
-    labels = seam_discs(2048, 2048, cfg)
+def border_disc_ids(labels):
+    edges = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return set(np.unique(edges)) - {0}
+
+
+@pytest.mark.parametrize("border", ["mirror", "shift"])
+def test_large_image_finds_each_disc_once_with_its_full_mask(border):
     model = DiscDetector()
-    instances = TiledPredictor(cfg, model)(as_image(labels))["instances"]
+    predictor = TiledPredictor(tiling_cfg(border=border), model)
+    labels = seam_discs(predictor, 2048, 2048)
+    instances = predictor(as_image(labels))["instances"]
 
     assert instances.image_size == (2048, 2048)
-    assert labels.max() == 196
+    assert labels.max() == 256 and len(border_disc_ids(labels)) == 60
     check_each_disc_once_and_whole(instances, labels)
-    assert len(instances.pred_boxes) == len(instances.scores) == len(instances.pred_masks) == 196
+    assert len(instances.pred_boxes) == len(instances.scores) == len(instances.pred_masks) == 256
+    # Boxes are clipped to the image like the masks: the fake model's boxes are its masks' extents.
+    assert torch.equal(instances.pred_boxes.tensor, instances.pred_masks.boxes.float())
     assert max(model.batch_sizes) == 3 and sum(model.batch_sizes) == 25  # 5 x 5 tiles, 3 per call
 
 
-def test_box_jitter_between_tiles_neither_duplicates_nor_loses_seam_discs():
-    cfg = tiling_cfg()
-    labels = seam_discs(2048, 2048, cfg, seed=1)
-    predictor = TiledPredictor(cfg, DiscDetector(box_bias=2.0))
+@pytest.mark.parametrize("border", ["mirror", "shift"])
+def test_box_jitter_between_tiles_neither_duplicates_nor_loses_discs(border):
+    predictor = TiledPredictor(tiling_cfg(border=border), DiscDetector(box_bias=2.0))
+    labels = seam_discs(predictor, 2048, 2048, seed=1)
     check_each_disc_once_and_whole(predictor(as_image(labels))["instances"], labels)
 
     predictor.seam_tolerance = 0  # without widened cores some seam discs fall between two cores
     assert len(predictor(as_image(labels))["instances"]) < labels.max()
 
 
-def test_image_within_one_tile_gives_the_whole_image_result():
-    cfg = tiling_cfg()
-    labels = seam_discs(300, 450, cfg)
+def test_mirror_keeps_discs_cut_by_the_border_and_drops_their_twins_in_the_padding():
+    predictor = TiledPredictor(tiling_cfg(), DiscDetector(box_bias=2.0))
+    labels = seam_discs(predictor, 2048, 2048, seed=1)
     image = as_image(labels)
-    model = DiscDetector()
-    expected = model.detect(torch.as_tensor(image.transpose(2, 0, 1).astype("float32")), 300, 450)
-    instances = TiledPredictor(cfg, model)(image)["instances"]
+
+    # A disc cut by the border and its mirror are one disc centred on the border, whose box
+    # centre the jitter moves out into the padding: a box-centre-in-image rule drops them all.
+    predictor.min_image_share = 0.5
+    assert len(predictor(image)["instances"]) == labels.max() - len(border_disc_ids(labels))
+    # Keeping every instance brings in the mirrored twins of the discs 48 px inside the border.
+    predictor.min_image_share = 0.0
+    assert len(predictor(image)["instances"]) > labels.max()
+
+
+@pytest.mark.parametrize("height,width", [(700, 1100), (300, 1100)])
+def test_mirror_tiles_see_the_reflect_padded_image(height, width):
+    predictor = TiledPredictor(tiling_cfg(), DiscDetector())
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    pad_y, pad_x = (48 if length > 512 else 0 for length in (height, width))
+    padded = cv2.copyMakeBorder(image, pad_y, pad_y, pad_x, pad_x, cv2.BORDER_REFLECT_101)
+    tiles = predictor.tiles(height, width)
+
+    assert min(t.x0 for t in tiles) == -pad_x and min(t.y0 for t in tiles) == -pad_y
+    assert max(t.x0 + t.width for t in tiles) == width + pad_x
+    assert max(t.y0 + t.height for t in tiles) == height + pad_y
+    for t in tiles:
+        window = padded[t.y0 + pad_y:t.y0 + pad_y + t.height, t.x0 + pad_x:t.x0 + pad_x + t.width]
+        seen = predictor.model_input(image, t)["image"].numpy().transpose(1, 2, 0)
+        assert np.array_equal(seen, window)
+
+
+@pytest.mark.parametrize("border", ["mirror", "shift"])
+def test_image_within_one_tile_gives_the_whole_image_result(border):
+    predictor = TiledPredictor(tiling_cfg(border=border), DiscDetector())
+    labels = seam_discs(predictor, 300, 450)
+    image = as_image(labels)
+    expected = predictor.model.detect(
+        torch.as_tensor(image.transpose(2, 0, 1).astype("float32")), 300, 450)
+    instances = predictor(image)["instances"]
 
     assert instances.image_size == (300, 450)
     assert torch.equal(instances.pred_boxes.tensor, expected.pred_boxes.tensor)
@@ -134,23 +178,25 @@ def test_image_within_one_tile_gives_the_whole_image_result():
     assert np.array_equal(np.asarray(instances.pred_masks), expected.pred_masks.numpy())
 
 
-def test_tiles_lie_inside_the_image_and_cores_partition_it():
+@pytest.mark.parametrize("margin,rows,cols", [(0, 3, 5), (50, 3, 6)])
+def test_tiles_lie_inside_the_padded_image_and_cores_partition_it(margin, rows, cols):
     height, width, overlap = 1000, 2100, 100
-    tiles = image_tiles(height, width, 512, overlap)
+    tiles = image_tiles(height, width, 512, overlap, margin)
     assert {(t.height, t.width) for t in tiles} == {(512, 512)}
-    assert len(tiles) == 3 * 5
+    assert len(tiles) == rows * cols
     for axis, length in (("x", width), ("y", height)):
+        first, last = -margin, length + margin
         cores = sorted({getattr(t, f"{axis}_core") for t in tiles})
-        assert cores[0][0] == 0 and cores[-1][1] == length
+        assert cores[0][0] == first and cores[-1][1] == last
         assert all(a[1] == b[0] for a, b in zip(cores, cores[1:]))
         for t in tiles:
             start = getattr(t, f"{axis}0")
             end = start + (t.width if axis == "x" else t.height)
             (low, high), seams = getattr(t, f"{axis}_core"), getattr(t, f"{axis}_seams")
-            assert 0 <= start and end <= length
-            assert low == 0 or low - start >= overlap / 2
-            assert high == length or end - high >= overlap / 2
-            assert seams == tuple(b for b in (low, high) if 0 < b < length)
+            assert first <= start and end <= last
+            assert low == first or low - start >= overlap / 2
+            assert high == last or end - high >= overlap / 2
+            assert seams == tuple(b for b in (low, high) if first < b < last)
 
 
 def test_cropped_masks_index_like_bitmasks():
@@ -167,3 +213,9 @@ def test_cropped_masks_index_like_bitmasks():
 def test_bad_tile_settings_are_user_errors(size, overlap, batch_size):
     with pytest.raises(UserInputError, match="TEST.TILE"):
         TiledPredictor(tiling_cfg(size, overlap, batch_size), DiscDetector())
+
+
+def test_unknown_border_is_a_user_error_naming_the_choices():
+    expected = r"TEST.TILE.BORDER='mirorr' is not valid; choose one of \['mirror', 'shift'\]\. Did"
+    with pytest.raises(UserInputError, match=expected + " you mean 'mirror'"):
+        TiledPredictor(tiling_cfg(border="mirorr"), DiscDetector())

@@ -2,6 +2,7 @@
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
@@ -10,10 +11,14 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..errors import UserInputError, check_choice
 
+# Mirror padding on each side of an axis longer than a tile, as a fraction of TEST.TILE.OVERLAP,
+# for each TEST.TILE.BORDER.
+BORDER_MARGINS = {"mirror": 0.5, "shift": 0.0}
+
 
 def tile_starts(length, tile, overlap):
     """Tile starts along one axis, ``tile - overlap`` apart; the last one is shifted back to end
-    at the border, so every tile lies inside the image and all tiles have one shape."""
+    at the border, so every tile lies inside the (padded) axis and all tiles have one shape."""
     if length <= tile:
         return [0]
     step = tile - overlap
@@ -34,7 +39,8 @@ def core_bounds(starts, tile, length):
 @dataclass(frozen=True)
 class Tile:
     """One tile: its pixel window, the core it owns as ``(low, high)`` per axis in image
-    coordinates, and which core bounds are seams shared with a neighbouring tile."""
+    coordinates (both may reach into the mirror padding, below 0 or beyond the image), and which
+    core bounds are seams shared with a neighbouring tile."""
 
     x0: int
     y0: int
@@ -45,16 +51,28 @@ class Tile:
     x_seams: tuple
     y_seams: tuple
 
+    def inside(self, height, width):
+        """``(x0, y0, x1, y1)``: the part of the tile inside an image of that size."""
+        return (max(self.x0, 0), max(self.y0, 0),
+                min(self.x0 + self.width, width), min(self.y0 + self.height, height))
 
-def image_tiles(height, width, tile_size, overlap):
-    """The tiles covering an image, row by row."""
+
+def image_tiles(height, width, tile_size, overlap, margin=0):
+    """The tiles covering an image, row by row.
+
+    An axis longer than a tile is first padded by ``margin`` pixels on each side; the tiles and
+    their cores then cover the padded axis. An axis that fits in a tile is one unpadded tile.
+    """
 
     def axis(length):
         tile = min(tile_size, length)
-        starts = tile_starts(length, tile, overlap)
-        cores = core_bounds(starts, tile, length)
-        return tile, [(s, core, tuple(b for b in core if 0 < b < length))
-                      for s, core in zip(starts, cores)]
+        pad = margin if length > tile else 0
+        padded = length + 2 * pad
+        starts = tile_starts(padded, tile, overlap)
+        cores = core_bounds(starts, tile, padded)
+        return tile, [(start - pad, (low - pad, high - pad),
+                       tuple(b - pad for b in (low, high) if 0 < b < padded))
+                      for start, (low, high) in zip(starts, cores)]
 
     tile_height, rows = axis(height)
     tile_width, cols = axis(width)
@@ -63,6 +81,19 @@ def image_tiles(height, width, tile_size, overlap):
         for y0, y_core, y_seams in rows
         for x0, x_core, x_seams in cols
     ]
+
+
+def tile_window(image, tile):
+    """The tile's pixels, mirroring the image where the tile reaches beyond it.
+
+    The mirror (np.pad "reflect", OpenCV's BORDER_REFLECT_101) is taken from the tile's own part
+    inside the image, so no padded copy of a large image is made; it equals the padded image's
+    pixels while a tile reaches out less far than it lies inside, as ``image_tiles`` ensures.
+    """
+    x0, y0, x1, y1 = tile.inside(*image.shape[:2])
+    padding = ((y0 - tile.y0, tile.y0 + tile.height - y1),
+               (x0 - tile.x0, tile.x0 + tile.width - x1)) + ((0, 0),) * (image.ndim - 2)
+    return np.pad(image[y0:y1, x0:x1], padding, mode="reflect")
 
 
 @dataclass
@@ -168,10 +199,17 @@ class TiledPredictor:
     are widened by ``seam_tolerance`` and the instances kept twice near a seam are de-duplicated
     by mask IoU (``duplicate_iou``), keeping the higher score.
 
-    Tiles are not mirror-padded: border tiles are shifted inside the image instead, so every
-    tile has the same shape (one resize scale), the model sees image borders as in training and
-    no mirrored nuclei appear. An image no larger than a tile is a single tile: exactly
-    DefaultPredictor's input and output.
+    Image borders (``TEST.TILE.BORDER``): "mirror" (U-Net) pads each axis longer than a tile by
+    half the overlap on each side with the image's mirror, so nuclei at the border are seen with
+    context like interior ones, and the tiles and cores cover the padded image; "shift" pads
+    nothing and moves the edge tiles back inside the image. Either way every tile has one shape
+    (one resize scale). A nucleus cut by the border forms with its mirror one symmetric nucleus
+    centred on the border, so about half its box lies in the image, while the mirrored twin of a
+    nucleus near the border lies in the padding: an instance is kept if at least
+    ``min_image_share`` of its box's width and of its height lie in the image (a box centre in
+    the image, i.e. a half, would lose border nuclei to a pixel of box jitter), then its box and
+    mask are clipped to the image. An image no larger than a tile is a single unpadded tile:
+    exactly DefaultPredictor's input and output.
 
     Returns ``{"instances": Instances}`` in full-image coordinates, on the CPU, with
     ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks`` as :class:`CroppedMasks`.
@@ -179,6 +217,7 @@ class TiledPredictor:
 
     seam_tolerance = 8  # pixels
     duplicate_iou = 0.5
+    min_image_share = 0.25
 
     def __init__(self, cfg, model=None):
         """``model``: a built detectron2 model to use instead of building one from ``cfg`` and
@@ -193,6 +232,8 @@ class TiledPredictor:
                 "BATCH_SIZE > 0 (OVERLAP at least the largest nucleus plus 16 pixels)."
             )
         self.input_format = check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT, ("RGB", "BGR"))
+        border = check_choice("TEST.TILE.BORDER", cfg.TEST.TILE.BORDER, BORDER_MARGINS)
+        self.margin = int(self.overlap * BORDER_MARGINS[border])
         if model is None:
             model = build_model(self.cfg)
             DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
@@ -205,30 +246,35 @@ class TiledPredictor:
         """``original_image``: (H, W, C) array in BGR order, like DefaultPredictor's."""
         if self.input_format == "RGB":
             original_image = original_image[:, :, ::-1]
-        height, width = original_image.shape[:2]
-        tiles = image_tiles(height, width, self.tile_size, self.overlap)
+        image_size = original_image.shape[:2]
+        tiles = self.tiles(*image_size)
         owned = []
         with torch.no_grad():
             for first in range(0, len(tiles), self.batch_size):
                 batch = tiles[first:first + self.batch_size]
                 outputs = self.model([self.model_input(original_image, tile) for tile in batch])
-                owned += [self.owned_instances(tile, out["instances"])
+                owned += [self.owned_instances(tile, out["instances"], image_size)
                           for tile, out in zip(batch, outputs)]
-        return {"instances": self.merge(owned, (height, width))}
+        return {"instances": self.merge(owned, image_size)}
+
+    def tiles(self, height, width):
+        """The tiles this predictor cuts an image of that size into."""
+        return image_tiles(height, width, self.tile_size, self.overlap, self.margin)
 
     def model_input(self, image, tile):
-        window = image[tile.y0:tile.y0 + tile.height, tile.x0:tile.x0 + tile.width]
+        window = tile_window(image, tile)
         resized = self.aug.get_transform(window).apply_image(window)
         tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
         return {"image": tensor, "height": tile.height, "width": tile.width}
 
-    def owned_instances(self, tile, instances):
-        """The tile's instances whose box centre lies in its core widened by ``seam_tolerance``,
-        in image coordinates; those whose centre is that close to a seam may be duplicates."""
+    def owned_instances(self, tile, instances, image_size):
+        """The instances the tile keeps, clipped to the image: those of the image (``in_image``)
+        whose box centre lies in its core widened by ``seam_tolerance``; those whose centre is
+        that close to a seam may be duplicates."""
         offset = torch.tensor([tile.x0, tile.y0, tile.x0, tile.y0], dtype=torch.float32)
         boxes = instances.pred_boxes.tensor.cpu() + offset
         centres = Boxes(boxes).get_centers()
-        owned = torch.ones(len(boxes), dtype=torch.bool)
+        owned = self.in_image(boxes, image_size)
         seam_distance = torch.full((len(boxes),), math.inf)
         for centre, (low, high), seams in ((centres[:, 0], tile.x_core, tile.x_seams),
                                             (centres[:, 1], tile.y_core, tile.y_seams)):
@@ -236,11 +282,23 @@ class TiledPredictor:
             for seam in seams:
                 seam_distance = torch.minimum(seam_distance, (centre - seam).abs())
         keep = owned.nonzero().squeeze(1)
+        kept_boxes = Boxes(boxes[keep])
+        kept_boxes.clip(image_size)
+        x0, y0, x1, y1 = tile.inside(*image_size)
         masks = instances.pred_masks[keep.to(instances.pred_masks.device)]
-        mask_boxes, crops = crop_masks(masks, boxes[keep], tile.x0, tile.y0)
-        return TileInstances(boxes[keep], instances.scores.cpu()[keep],
+        masks = masks[:, y0 - tile.y0:y1 - tile.y0, x0 - tile.x0:x1 - tile.x0]
+        mask_boxes, crops = crop_masks(masks, kept_boxes.tensor, x0, y0)
+        return TileInstances(kept_boxes.tensor, instances.scores.cpu()[keep],
                              instances.pred_classes.cpu()[keep], mask_boxes, crops,
                              seam_distance[keep] < self.seam_tolerance)
+
+    def in_image(self, boxes, image_size):
+        """Whether at least ``min_image_share`` of each box's width and height lie in the image,
+        i.e. the box is a nucleus of the image and not a mirrored twin in the padding."""
+        inside = Boxes(boxes.clone())
+        inside.clip(image_size)
+        return ((inside.tensor[:, 2:] - inside.tensor[:, :2])
+                >= self.min_image_share * (boxes[:, 2:] - boxes[:, :2])).all(dim=1)
 
     def merge(self, owned, image_size):
         """One Instances from the tiles' kept instances, seam duplicates removed."""
