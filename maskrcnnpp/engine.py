@@ -10,6 +10,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_tra
 from detectron2.engine import DefaultTrainer, defaults
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
+from detectron2.utils.logger import log_first_n
 
 from .config import add_maskrcnnpp_config
 from .data import register_nuclei_coco
@@ -65,7 +66,7 @@ def build_cfg(config_file, opts=()):
     _merge_or_explain(cfg, lambda: cfg.merge_from_file(config_file), f"Config file {config_file}")
     _merge_or_explain(cfg, lambda: cfg.merge_from_list(list(opts)), "The command line")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("No GPU available: running on the CPU (MODEL.DEVICE=cpu).")
+        log_first_n(logging.WARNING, "No GPU available: running on the CPU (MODEL.DEVICE=cpu).")
         cfg.MODEL.DEVICE = "cpu"
     register_config_datasets(cfg)
     return cfg
@@ -104,6 +105,30 @@ def check_datasets(cfg, names):
             )
         if not DatasetCatalog.get(name):
             raise UserInputError(f"Dataset {name!r} holds no images.")
+
+
+def split_overrides(argv):
+    """Split a command line into (tool options, config overrides ``KEY VALUE ...``).
+
+    The overrides start at the first config key: a full key (``SEED``) or a dotted name in one of
+    the config's sections (``SOLVER.MAX_ITER``, misspelt ones included, for build_cfg to explain),
+    so options taking several values (``--configs A.yaml B.yaml``) can precede them without
+    swallowing them, while files such as ``SCAN.TIF`` stay options.
+    """
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    keys = set(_config_keys(cfg))
+    sections = {name for name, value in cfg.items() if isinstance(value, dict)}
+    is_key = [token in keys or ("." in token and token.split(".")[0] in sections)
+              for token in argv]
+    start = is_key.index(True) if any(is_key) else len(argv)
+    options, overrides = list(argv[:start]), list(argv[start:])
+    misplaced = [token for token in overrides[::2] if token.startswith("--")]
+    if misplaced:
+        raise UserInputError(
+            f"Option {misplaced[0]} comes after the config overrides; put KEY VALUE pairs last."
+        )
+    return options, overrides
 
 
 def _create_ddp_model(model, **kwargs):

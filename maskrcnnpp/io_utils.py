@@ -5,6 +5,9 @@ import os
 import shutil
 import tempfile
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -16,6 +19,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; give the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -70,7 +70,7 @@ class _FastCOCOevalMaxDets(COCOevalMaxDets, COCOeval_opt):
     """detectron2's C++ evaluate/accumulate with the summarize() that honors a raised maxDets."""
 
 
-class _LazyRLEMasks(Sequence):
+class LazyRLEMasks(Sequence):
     """COCO RLEs decoded one at a time, so a crowded image never holds all its masks at once."""
 
     def __init__(self, rles):
@@ -223,10 +223,10 @@ def _instance_maps(coco_gt, image, predictions, score_threshold):
     shape = (image["height"], image["width"])
     annotations = [a for a in coco_gt.imgToAnns[image["id"]] if not a.get("iscrowd", 0)]
     true_labels = instances_to_labelmap(
-        _LazyRLEMasks([coco_gt.annToRLE(a) for a in annotations]), shape
+        LazyRLEMasks([coco_gt.annToRLE(a) for a in annotations]), shape
     )
     pred_labels = instances_to_labelmap(
-        _LazyRLEMasks([p["segmentation"] for p in predictions]),
+        LazyRLEMasks([p["segmentation"] for p in predictions]),
         shape,
         scores=[p["score"] for p in predictions],
         score_threshold=score_threshold,
