@@ -131,6 +131,15 @@ def split_overrides(argv):
     return options, overrides
 
 
+
+def parse_with_overrides(parser, argv):
+    """Parse a tool's command line; trailing config overrides ``KEY VALUE ...`` go to ``args.opts``."""
+    options, overrides = split_overrides(argv)
+    args = parser.parse_args(options)
+    args.opts = overrides
+    return args
+
+
 def _create_ddp_model(model, **kwargs):
     """detectron2 gives DDP ``device_ids=[local_rank]`` even for CPU models, which DDP rejects."""
     if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":

@@ -1,5 +1,7 @@
 """Atomic file and folder writes, so that a killed run never leaves output that looks complete."""
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -38,6 +40,15 @@ def write_text(text, path):
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(text)
+
+
+def write_csv(rows, path):
+    """Write a list of dicts (same keys, in order) as CSV to ``path`` atomically."""
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(table.getvalue(), path)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,6 @@ truth: mask AP with a raised maxDets, and the instance-map metrics of :mod:`.met
 """
 
 import contextlib
-import csv
 import io
 import itertools
 import json
@@ -31,7 +30,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..errors import UserInputError
-from ..io_utils import write_json, write_text
+from ..io_utils import write_csv, write_json
 from .metrics import evaluate_image, instances_to_labelmap, summarize_images
 
 logger = logging.getLogger(__name__)
@@ -311,11 +310,7 @@ def save_evaluation(summary, rows, json_path, csv_path):
         for key, value in summary.items()
     }
     write_json({**report, "overlap_rule": OVERLAP_RULE}, json_path, indent=2)
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(table.getvalue(), csv_path)
+    write_csv(rows, csv_path)
 
 
 class NucleiEvaluator(DatasetEvaluator):

@@ -1,0 +1,147 @@
+"""tools/compare.py on two tiny configs x two seeds: trains, tabulates, t-tests, plots, reuses."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import scipy.stats
+from conftest import REPO, TINY_TRAINING, run_tool
+
+from maskrcnnpp.compare import ACCURACY_METRICS, compare, format_markdown, plan_runs, summarize
+from maskrcnnpp.errors import UserInputError
+
+QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
+DENSE_QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")
+TRAIN_SCRIPT = os.path.join(REPO, "tools", "train_net.py")
+CONFIG_NAMES = ["quickstart_synthetic", "quickstart_synthetic_dense"]
+SEEDS = [0, 1]
+COLUMNS = (
+    ["config", "num_seeds"]
+    + [f"{key}_{stat}" for key, _, _ in ACCURACY_METRICS for stat in ("mean", "std")]
+    + ["model_params", "model_flops", "train_s_per_iter", "ms_per_image", "peak_memory_mb"]
+    + [f"{key}_p_value" for key, _, _ in ACCURACY_METRICS]
+)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_nuclei, tmp_path_factory):
+    """The configs (the quickstart and its dense-neck twin) and the overrides of the comparison.
+
+    TINY_TRAINING without its SEED (the comparison sets it per run), for 3 iterations: the third
+    is the first that detectron2 times.
+    """
+    folder = tmp_path_factory.mktemp("compare")
+    seed = TINY_TRAINING.index("SEED")
+    tiny = TINY_TRAINING[:seed] + TINY_TRAINING[seed + 2:]
+    opts = [*tiny, *tiny_nuclei["opts"], "SOLVER.MAX_ITER", "3"]
+    return {"configs": [QUICKSTART, DENSE_QUICKSTART], "opts": opts, "output": folder / "out"}
+
+
+@pytest.fixture(scope="module")
+def compared(setup):
+    result = run_tool(
+        "compare.py", "--configs", *setup["configs"], "--output", setup["output"],
+        "--seeds", *SEEDS, "--image-size", "128", "--repeats", "2", *setup["opts"],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(setup["output"] / "compare.json") as f:
+        return result, json.load(f)
+
+
+def run_folders(output):
+    return [output / "runs" / name / f"seed{seed}" for name in CONFIG_NAMES for seed in SEEDS]
+
+
+def test_comparison_tabulates_every_config_with_its_costs(compared, setup):
+    result, report = compared
+    assert "run 4/4: quickstart_synthetic_dense seed 1" in result.stderr  # the progress display
+    with open(setup["output"] / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS
+    assert [row["config"] for row in rows] == CONFIG_NAMES
+    for row, summary in zip(rows, report["results"]):
+        assert row["num_seeds"] == "2"
+        assert 0 <= float(row["mask_AP_mean"]) <= 100 and float(row["mask_AP_std"]) >= 0
+        for key in ("model_params", "model_flops", "train_s_per_iter", "ms_per_image",
+                    "peak_memory_mb"):
+            assert float(row[key]) > 0, key
+        assert float(row["mask_AP_mean"]) == pytest.approx(summary["mean"]["mask_AP"])
+    markdown = (setup["output"] / "compare.md").read_text()
+    for title in ("mask AP", "AP50", "IoU", "Dice", "DSB score", "AJI", "PQ", "infer ms/image",
+                  " ± ", "Paired t-test against quickstart_synthetic", "compare.png"):
+        assert title in markdown, title
+    png = (setup["output"] / "compare.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+def test_per_seed_results_are_the_evaluator_files_and_feed_the_t_test(compared, setup):
+    _, report = compared
+    for row in report["results"]:
+        for seed, run in zip(SEEDS, row["runs"]):
+            metrics_file = (setup["output"] / "runs" / row["config"] / f"seed{seed}" / "inference"
+                            / "tiny_nuclei" / "nuclei_metrics.json")
+            final = json.loads(metrics_file.read_text())
+            assert run["metrics"]["mask_AP"] == final["mask_AP"]
+            assert run["train_s_per_iter"] > 0 and run["loss_curve"] and run["eval_curve"]
+        assert row["per_seed"]["aji"] == [run["metrics"]["aji"] for run in row["runs"]]
+    baseline, dense = report["results"]
+    assert report["paired_t_test"]["available"] and "paired_t_test" not in baseline
+    test = dense["paired_t_test"]["mask_AP"]
+    ours, theirs = dense["per_seed"]["mask_AP"], baseline["per_seed"]["mask_AP"]
+    assert test["mean_difference"] == pytest.approx(np.mean(ours) - np.mean(theirs))
+    expected = scipy.stats.ttest_rel(ours, theirs).pvalue
+    assert test["p"] == (None if np.isnan(expected) else pytest.approx(expected))
+
+
+def test_a_rerun_reuses_the_finished_runs(compared, setup, capsys):
+    before = {
+        folder: (os.path.getmtime(folder / "model_final.pth"), (folder / "train.log").read_text())
+        for folder in run_folders(setup["output"])
+    }
+    report = compare(
+        setup["configs"], setup["output"], SEEDS, setup["opts"], train_script=TRAIN_SCRIPT,
+        image_size=128, repeats=1,
+    )
+    assert capsys.readouterr().out.count("finished earlier, reused") == 4
+    after = {
+        folder: (os.path.getmtime(folder / "model_final.pth"), (folder / "train.log").read_text())
+        for folder in run_folders(setup["output"])
+    }
+    assert after == before  # nothing trained, nothing launched
+    assert report["results"][1]["per_seed"] == compared[1]["results"][1]["per_seed"]
+
+
+def test_runs_made_with_other_overrides_are_not_reused(compared, setup):
+    with pytest.raises(UserInputError, match="SOLVER.BASE_LR was 0.02, now 0.01.*another --output"):
+        plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SOLVER.BASE_LR", "0.01"],
+                  setup["output"])
+
+
+def test_the_comparison_sets_seeds_itself(setup, tmp_path):
+    with pytest.raises(UserInputError, match="sets SEED for each run"):
+        plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SEED", "3"], tmp_path)
+
+
+def test_one_seed_says_the_t_test_is_not_available(setup, tmp_path):
+    runs = plan_runs(setup["configs"], [0], setup["opts"], tmp_path)
+    run_results = [
+        {"config": run.name, "seed": 0, "train_s_per_iter": 0.5, "loss_curve": [[0, 1.0]],
+         "eval_curve": [], "metrics": {key: 10.0 + index for key, _, _ in ACCURACY_METRICS}}
+        for index, run in enumerate(runs)
+    ]
+    speed = {"model_params": 1e7, "model_flops": 1e9, "ms_per_image": 20.0, "peak_memory_mb": 50.0,
+             "detections_per_image": 30.0,
+             "latency_ms": {"median": 20.0, "p25": 19.0, "p75": 21.0, "min": 18.0, "max": 22.0}}
+    measured = {
+        "settings": {"image_size": 128, "repeats": 1}, "machine": {"device": "cpu"},
+        "memory_method": "CPU", "results": [{"config": run.name, **speed} for run in runs],
+    }
+    report = summarize(runs, run_results, measured)
+    assert not report["paired_t_test"]["available"]
+    assert report["results"][1]["paired_t_test"] is None
+    assert report["results"][1]["std"]["mask_AP"] is None
+    markdown = format_markdown(report)
+    assert "Not available: the test needs at least 2 seeds per config, got 1" in markdown
+    dense_row = next(line for line in markdown.splitlines() if line.startswith("| quickstart_synthetic_dense"))
+    assert "| 11.00 " in dense_row and "±" not in dense_row  # a mean, no spread
