@@ -38,7 +38,7 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from .data.synthetic import render_scene
-from .engine import build_cfg
+from .engine import build_cfg, parse_config_spec
 from .errors import UserInputError, check_choice
 from .io_utils import write_json
 from .modeling.cost import measure_cost
@@ -434,8 +434,12 @@ def _machine(device):
 
 
 def benchmark_config_files(config_files, opts=(), settings=BenchmarkSettings()):
-    """:func:`benchmark` of config files, each named by its file name, ``opts`` applied to all."""
-    named = [(os.path.basename(path), build_cfg(path, opts)) for path in config_files]
+    """:func:`benchmark` of config files (or variants ``path.yaml+KEY=VALUE``), each named by its
+    file name, ``opts`` applied to all."""
+    named = []
+    for spec in config_files:
+        path, variant_opts = parse_config_spec(spec)
+        named.append((os.path.basename(spec), build_cfg(path, [*opts, *variant_opts])))
     names = [name for name, _ in named]
     if len(set(names)) < len(names):  # same file name in two folders: name them by path
         named = [(path, cfg) for path, (_, cfg) in zip(config_files, named)]

@@ -72,6 +72,25 @@ def build_cfg(config_file, opts=()):
     return cfg
 
 
+def parse_config_spec(spec):
+    """``path.yaml`` or a variant of it, ``path.yaml+KEY=VALUE+...`` -> (path, override list).
+
+    Variants let one report price a design choice (e.g. ``+MODEL.DENSE_FPN.NODE_WIDTH=256``)
+    without a config file per choice.
+    """
+    path, *overrides = spec.split("+")
+    opts = []
+    for override in overrides:
+        key, separator, value = override.partition("=")
+        if not separator or not key:
+            raise UserInputError(
+                f"{spec!r}: write a config variant as path.yaml+KEY=VALUE, e.g. "
+                "configs/maskrcnnpp_R50.yaml+MODEL.DENSE_FPN.NODE_WIDTH=256."
+            )
+        opts += [key, value]
+    return path, opts
+
+
 def register_config_datasets(cfg):
     """Register each ``[name, json_file, image_root]`` of DATASETS.COCO_NUCLEI (once per process)."""
     for entry in cfg.DATASETS.COCO_NUCLEI:

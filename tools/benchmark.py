@@ -40,7 +40,8 @@ def parse_args(argv):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config-file", nargs="+", required=True, metavar="CFG",
-                        help="configs to measure; ratios refer to the first")
+                        help="configs to measure, or variants PATH+KEY=VALUE+...; "
+                        "ratios refer to the first")
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--image-size", type=int, default=defaults.image_size,

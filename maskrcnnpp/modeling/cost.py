@@ -18,13 +18,12 @@ from tqdm import tqdm
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis
 
-from ..engine import build_cfg
+from ..engine import build_cfg, parse_config_spec
 from ..errors import UserInputError
 from ..io_utils import write_json, write_text
 
 __all__ = [
     "count_parameters",
-    "parse_config_spec",
     "measure_cost",
     "describe_neck",
     "cost_table",
@@ -52,25 +51,6 @@ def count_parameters(module):
 def _silenced(analysis):
     """An fvcore analysis without its per-op warnings (elementwise ops are not counted anyway)."""
     return analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-
-
-def parse_config_spec(spec):
-    """``path.yaml`` or a variant of it, ``path.yaml+KEY=VALUE+...`` -> (path, override list).
-
-    Variants let one report price a design choice (e.g. ``+MODEL.DENSE_FPN.NODE_WIDTH=256``)
-    without a config file per choice.
-    """
-    path, *overrides = spec.split("+")
-    opts = []
-    for override in overrides:
-        key, separator, value = override.partition("=")
-        if not separator or not key:
-            raise UserInputError(
-                f"{spec!r}: write a config variant as path.yaml+KEY=VALUE, e.g. "
-                "configs/maskrcnnpp_R50.yaml+MODEL.DENSE_FPN.NODE_WIDTH=256."
-            )
-        opts += [key, value]
-    return path, opts
 
 
 def measure_cost(cfg, size=512):
