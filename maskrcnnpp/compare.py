@@ -363,6 +363,17 @@ def _show(value, value_format, scale=1):
     return "n/a" if value is None or math.isnan(value) else format(value * scale, value_format)
 
 
+def shell_words(tokens):
+    """The tokens as one shell command line, values like ('a',) in double rather than escaped
+    single quotes, so it reads as it would be typed."""
+    def quote(token):
+        if shlex.quote(token) == token or any(c in token for c in '"$`\\!'):
+            return shlex.quote(token)
+        return f'"{token}"'
+
+    return " ".join(quote(token) for token in tokens)
+
+
 def format_markdown(report):
     """compare.md: the table of mean +- std and costs, the t-tests, the figure."""
     bench = report["benchmark"]["settings"]
@@ -372,7 +383,7 @@ def format_markdown(report):
         f"# Comparison of {', '.join(c['name'] for c in report['configs'])}",
         "",
         f"Trained for {report['max_iter']} iterations with seeds {seeds} and overrides "
-        f"`{shlex.join(report['overrides']) or 'none'}`; evaluated on `{report['dataset']}`. "
+        f"`{shell_words(report['overrides']) or 'none'}`; evaluated on `{report['dataset']}`. "
         "Accuracy: mean ± std over seeds. Inference: median ms per image at "
         f"{bench['image_size']}x{bench['image_size']} px on {machine} (trained weights of the "
         f"first seed, {bench['repeats']} repeats, configs interleaved); peak memory: "

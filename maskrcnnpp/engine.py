@@ -150,7 +150,6 @@ def split_overrides(argv):
     return options, overrides
 
 
-
 def parse_with_overrides(parser, argv):
     """Parse a tool's command line; trailing config overrides ``KEY VALUE ...`` go to ``args.opts``."""
     options, overrides = split_overrides(argv)

@@ -2,13 +2,21 @@
 import csv
 import json
 import os
+import shlex
 
 import numpy as np
 import pytest
 import scipy.stats
 from conftest import REPO, TINY_TRAINING, run_tool
 
-from maskrcnnpp.compare import ACCURACY_METRICS, compare, format_markdown, plan_runs, summarize
+from maskrcnnpp.compare import (
+    ACCURACY_METRICS,
+    shell_words,
+    compare,
+    format_markdown,
+    plan_runs,
+    summarize,
+)
 from maskrcnnpp.errors import UserInputError
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
@@ -145,3 +153,10 @@ def test_one_seed_says_the_t_test_is_not_available(setup, tmp_path):
     assert "Not available: the test needs at least 2 seeds per config, got 1" in markdown
     dense_row = next(line for line in markdown.splitlines() if line.startswith("| quickstart_synthetic_dense"))
     assert "| 11.00 " in dense_row and "±" not in dense_row  # a mean, no spread
+
+
+def test_overrides_are_shown_as_they_would_be_typed():
+    tokens = ["DATASETS.TRAIN", "('dsb2018_train',)", "SOLVER.MAX_ITER", "600", "X", 'it"s']
+    words = shell_words(tokens)
+    assert words.startswith("DATASETS.TRAIN \"('dsb2018_train',)\" SOLVER.MAX_ITER 600")
+    assert shlex.split(words) == tokens
