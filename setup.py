@@ -1,7 +1,9 @@
 """Mask R-CNN++: UNet++-style dense pyramid necks for detectron2, for nuclei instance segmentation.
 
 torch, torchvision and detectron2 are installed by scripts/install.sh (detectron2 is not on the
-package registry and must be built against the installed torch), so they are not listed here.
+package registry and must be built against the installed torch), so they are not listed here; nor
+is OpenCV, as in detectron2: its several distributions (opencv-python, -headless, -contrib) clash,
+so the installer adds opencv-python-headless only where no cv2 imports.
 """
 from setuptools import find_packages, setup
 
@@ -17,7 +19,6 @@ setup(
     install_requires=[
         "numpy",
         "scipy",
-        "opencv-python-headless",
         "pycocotools",
         "fvcore",
         "matplotlib",

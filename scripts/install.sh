@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # One-command set-up of Mask R-CNN++ into the active Python environment (venv, conda or system).
-# Idempotent: what is already installed and working is left alone.
+# Idempotent: what is already installed and working is left alone, a working torch above all.
 #
 #   bash scripts/install.sh
-#   DETECTRON2_SOURCE=/path/to/detectron2 bash scripts/install.sh   # offline: a local source folder or archive
+#   DETECTRON2_SOURCE=/path/to/detectron2 bash scripts/install.sh   # no GitHub: a source folder or archive
+#   WHEELS=/path/to/wheels DETECTRON2_SOURCE=... bash scripts/install.sh   # no package index at all
+#   DETECTRON2_CUDA_OPS=1 bash scripts/install.sh   # also compile detectron2's own CUDA kernels
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-TORCH_VERSION=2.14.1           # torch and torchvision are pinned as a matching pair
-TORCHVISION_VERSION=0.29.2
+# The pair installed where no working torch + torchvision is found (override both together).
+TORCH_VERSION=${TORCH_VERSION:-2.14.1}
+TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.29.2}
 DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833
 DETECTRON2_REPO=https://github.com/facebookresearch/detectron2.git
 PIP=("$PYTHON" -m pip install --disable-pip-version-check)
@@ -17,62 +20,95 @@ PIP=("$PYTHON" -m pip install --disable-pip-version-check)
 step() { echo "[install] $*"; }
 fail() { echo "[install] ERROR: $*" >&2; exit 1; }
 
-torch_pair_works() {
-  "$PYTHON" - "$TORCH_VERSION" "$TORCHVISION_VERSION" <<'PY' 2>/dev/null
-import sys
-import torch, torchvision
-from torchvision.ops import nms
-want_torch, want_vision = sys.argv[1:]
-assert torch.__version__.split("+")[0] == want_torch, torch.__version__
-assert torchvision.__version__.split("+")[0] == want_vision, torchvision.__version__
-keep = nms(torch.tensor([[0.0, 0, 10, 10], [1, 1, 10, 10]]), torch.tensor([0.9, 0.8]), 0.5)
-assert keep.tolist() == [0]
-PY
-}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
 
-detectron2_works() {
-  "$PYTHON" -c "import detectron2, detectron2._C, detectron2.model_zoo" 2>/dev/null
-}
+# Offline: everything pip installs comes from a folder of wheels (see README, "Offline set-up").
+if [ -n "${WHEELS:-}" ]; then
+  [ -d "$WHEELS" ] || fail "WHEELS=$WHEELS is not a folder; make one with scripts/download_wheels.sh."
+  export PIP_NO_INDEX=1 PIP_FIND_LINKS
+  PIP_FIND_LINKS=$(cd "$WHEELS" && pwd)
+fi
+offline_hint=""
+case "${PIP_NO_INDEX:-}" in
+  1|true|yes|on) offline_hint="
+  pip reads no package index here (PIP_NO_INDEX), only ${PIP_FIND_LINKS:-no wheel folder}: add the
+  package pip names above to that folder (scripts/download_wheels.sh makes a complete one)." ;;
+esac
+pip_install() { "${PIP[@]}" "$@" || fail "pip install $* failed; see pip's message above.$offline_hint"; }
 
 step "python: $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 
-# 1. torch + torchvision as a matching pair, verified by running torchvision's compiled nms.
-if torch_pair_works; then
-  step "torch $TORCH_VERSION + torchvision $TORCHVISION_VERSION already work"
-else
-  step "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-  "${PIP[@]}" "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
-  torch_pair_works || fail "torchvision.ops.nms does not run with the installed torch ($("$PYTHON" -c 'import torch; print(torch.__version__)' 2>&1)).
+# 1. torch + torchvision: any pair that works is kept, whatever its version or CUDA build (a GPU
+#    user's torch matches their driver); the pinned pair is installed only where none works.
+check_torch() {
+  set +e
+  "$PYTHON" scripts/check_torch.py | sed 's/^/[install]   /'
+  local status=${PIPESTATUS[0]}
+  set -e
+  return "$status"
+}
+step "looking for a working torch + torchvision (torchvision.ops.nms on the CPU, and on CUDA if present)"
+status=0; check_torch || status=$?
+case $status in
+  0) step "keeping this torch + torchvision" ;;
+  10)
+    step "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+    pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    check_torch || fail "torchvision.ops.nms does not run with the torch just installed.
   A torch build that satisfies the pin but not torchvision's (e.g. a local CPU-only wheel) is installed.
-  Fix: $PYTHON -m pip install --force-reinstall torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION from the package registry."
-fi
+  Fix: $PYTHON -m pip install --force-reinstall torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION" ;;
+  11)
+    torch=$("$PYTHON" -c 'import torch; print(torch.__version__)')
+    series=$("$PYTHON" scripts/check_torch.py --torchvision-for "$torch")
+    [ -n "$series" ] || fail "no torchvision is known for torch $torch; install the one built for it."
+    step "torch $torch is kept; installing torchvision $series.* for it (--no-deps: torch stays)"
+    pip_install --no-deps "torchvision==$series.*"
+    check_torch || fail "torchvision $series does not run with torch $torch. Install the torchvision
+  built for your torch from the same place your torch came from, e.g.
+    $PYTHON -m pip install torchvision==$series.* --index-url https://download.pytorch.org/whl/cu<your CUDA>
+  then run this script again." ;;
+  12) fail "upgrade torch, e.g. $PYTHON -m pip install torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION
+  (or the build for your CUDA from https://pytorch.org/get-started/locally/), then run this script again." ;;
+  *) fail "scripts/check_torch.py failed (exit code $status); see its output above." ;;
+esac
 
-# 2. Build tools and libraries detectron2 and this package need. setuptools<81 still ships
-#    pkg_resources, which detectron2.model_zoo imports.
+# From here on, pip may not replace the torch pair: every install is constrained to it.
+"$PYTHON" -c 'import torch, torchvision; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}")' \
+  > "$work/constraints.txt"
+export PIP_CONSTRAINT="$work/constraints.txt"
+
+# 2. Build tools. setuptools<81 still ships pkg_resources, which detectron2.model_zoo imports.
 if "$PYTHON" -c "import pkg_resources, wheel" 2>/dev/null; then
   step "setuptools with pkg_resources already present"
 else
-  "${PIP[@]}" --quiet "setuptools>=70,<81" wheel
+  pip_install --quiet "setuptools>=70,<81" wheel
 fi
 
 # 3. detectron2: not on the package registry, so built from source against the installed torch.
+#    Mask R-CNN takes ROIAlign and NMS from torchvision and uses none of detectron2's CUDA kernels
+#    (deformable convolution, rotated boxes), so they are compiled only on request.
+detectron2_works() {
+  "$PYTHON" -c "import detectron2, detectron2._C, detectron2.model_zoo" 2>/dev/null || return 1
+  if [ "${DETECTRON2_CUDA_OPS:-0}" = 1 ]; then
+    "$PYTHON" -c "import detectron2._C as c, sys; sys.exit(c.get_cuda_version() == 'not available')"
+  fi
+}
 if detectron2_works; then
   step "detectron2 already importable: $("$PYTHON" -c 'import detectron2, os; print(os.path.dirname(detectron2.__file__))')"
 else
-  source_dir=""
   if [ -n "${DETECTRON2_SOURCE:-}" ]; then
     [ -e "$DETECTRON2_SOURCE" ] || fail "DETECTRON2_SOURCE=$DETECTRON2_SOURCE does not exist."
     if [ -d "$DETECTRON2_SOURCE" ]; then
       source_dir=$DETECTRON2_SOURCE
     else
-      source_dir=$(mktemp -d)
-      trap 'rm -rf "$source_dir"' EXIT
       step "unpacking $DETECTRON2_SOURCE"
+      mkdir "$work/detectron2"
       case "$DETECTRON2_SOURCE" in
-        *.zip) "$PYTHON" -m zipfile -e "$DETECTRON2_SOURCE" "$source_dir" ;;
-        *) tar -xf "$DETECTRON2_SOURCE" -C "$source_dir" ;;
+        *.zip) "$PYTHON" -m zipfile -e "$DETECTRON2_SOURCE" "$work/detectron2" ;;
+        *) tar -xf "$DETECTRON2_SOURCE" -C "$work/detectron2" ;;
       esac
-      setup_py=$(find "$source_dir" -maxdepth 2 -name setup.py | head -n 1)
+      setup_py=$(find "$work/detectron2" -maxdepth 2 -name setup.py | head -n 1)
       [ -n "$setup_py" ] || fail "$DETECTRON2_SOURCE holds no setup.py: it is not a detectron2 source archive."
       source_dir=$(dirname "$setup_py")
     fi
@@ -80,12 +116,10 @@ else
     cache=${XDG_CACHE_HOME:-$HOME/.cache}/maskrcnnpp/detectron2-$DETECTRON2_COMMIT
     if [ ! -f "$cache/setup.py" ]; then
       step "fetching detectron2 $DETECTRON2_COMMIT from $DETECTRON2_REPO"
-      tmp=$(mktemp -d)
-      if git clone --quiet --filter=blob:none "$DETECTRON2_REPO" "$tmp" 2>/dev/null \
-          && git -C "$tmp" checkout --quiet "$DETECTRON2_COMMIT" 2>/dev/null; then
-        mkdir -p "$(dirname "$cache")" && rm -rf "$cache" && mv "$tmp" "$cache"
+      if git clone --quiet --filter=blob:none "$DETECTRON2_REPO" "$work/clone" 2>/dev/null \
+          && git -C "$work/clone" checkout --quiet "$DETECTRON2_COMMIT" 2>/dev/null; then
+        mkdir -p "$(dirname "$cache")" && rm -rf "$cache" && mv "$work/clone" "$cache"
       else
-        rm -rf "$tmp"
         fail "detectron2 is not installed and could not be fetched from $DETECTRON2_REPO.
   Provide it in one of two ways:
     1. give this machine access to $DETECTRON2_REPO (commit $DETECTRON2_COMMIT), or
@@ -95,14 +129,27 @@ else
     fi
     source_dir=$cache
   fi
-  step "building detectron2 from $source_dir against torch $TORCH_VERSION (takes a few minutes)"
-  "$PYTHON" -m pip install --quiet ninja 2>/dev/null || true
-  "${PIP[@]}" --no-build-isolation "$source_dir"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check ninja 2>/dev/null || true  # parallel compile
+  if [ "${DETECTRON2_CUDA_OPS:-0}" = 1 ]; then
+    step "building detectron2 from $source_dir with its CUDA kernels (FORCE_CUDA=1; the longest step)"
+    FORCE_CUDA=1 pip_install --no-build-isolation "$source_dir"
+  else
+    step "building detectron2 from $source_dir, C++ ops only (DETECTRON2_CUDA_OPS=1 adds the CUDA kernels)"
+    # detectron2 compiles its CUDA kernels wherever it sees a GPU: hide it for the build
+    FORCE_CUDA=0 CUDA_VISIBLE_DEVICES="" pip_install --no-build-isolation "$source_dir"
+  fi
   detectron2_works || fail "detectron2 was built from $source_dir but does not import; see the messages above."
 fi
 
-# 4. This package, editable, with its dependencies (OpenCV, pycocotools, fvcore, ...) and test extras.
+# 4. OpenCV, only where none imports: its distributions (opencv-python, -headless, -contrib) clash.
+if "$PYTHON" -c "import cv2" 2>/dev/null; then
+  step "OpenCV already importable: $("$PYTHON" -c 'import cv2; print(cv2.__version__)')"
+else
+  pip_install --quiet opencv-python-headless
+fi
+
+# 5. This package, editable, with its dependencies (OpenCV, pycocotools, fvcore, ...) and test extras.
 step "installing maskrcnnpp (editable) with test extras"
-"${PIP[@]}" --quiet --no-build-isolation -e ".[test]"
+pip_install --quiet --no-build-isolation -e ".[test]"
 "$PYTHON" -c "import maskrcnnpp" || fail "maskrcnnpp does not import after installation."
 step "done"

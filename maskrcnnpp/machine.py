@@ -1,0 +1,70 @@
+"""What this machine offers Mask R-CNN++: the torch build, its CUDA, the GPUs and their driver.
+
+Standard library and torch only, and no imports from the package: scripts/check_torch.py loads
+this file by path before detectron2 or the package are installed.
+"""
+import os
+import shutil
+import subprocess
+
+# torch.amp.GradScaler(device) and torch.autocast(device), as the tools use them, need 2.3.
+MIN_TORCH = (2, 3)
+
+
+def version_tuple(version):
+    """(major, minor) of a version string such as "2.14.1+cu130"."""
+    return tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+
+
+def matching_torchvision(torch_version):
+    """The torchvision release series built for a torch 2.x release (2.M -> 0.M+15), or None."""
+    major, minor = version_tuple(torch_version)
+    return f"0.{minor + 15}" if major == 2 else None
+
+
+def _nvidia_smi(*args):
+    """Lines nvidia-smi prints for ``args``; none where there is no NVIDIA driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        result = subprocess.run(["nvidia-smi", *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def nvidia_smi_gpus():
+    """The GPUs the NVIDIA driver lists ("GPU 0: NVIDIA H100 ..."), whatever torch can use."""
+    return [line for line in _nvidia_smi("-L") if line.startswith("GPU ")]
+
+
+def cuda_unavailable_reason(torch):
+    """Why ``torch`` cannot use a GPU here, and what to do about it (call only when it cannot)."""
+    gpus = nvidia_smi_gpus()
+    if not gpus:
+        return f"no GPU is visible here (torch {torch.__version__}; nvidia-smi lists none)"
+    build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    return (
+        f"nvidia-smi lists {len(gpus)} GPU(s) ({gpus[0]}) but torch {torch.__version__} ({build}) "
+        "cannot use them: install the torch build that matches the driver (`nvidia-smi` shows the "
+        "CUDA version it supports; https://pytorch.org/get-started/locally/), then run "
+        "scripts/install.sh again, which keeps a working torch"
+    )
+
+
+def describe(torch, device="cpu"):
+    """The facts a measurement on ``device`` should be published with."""
+    facts = {
+        "device": "cpu",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device == "cuda":
+        facts.update(
+            device=torch.cuda.get_device_name(),
+            cudnn=torch.backends.cudnn.version(),
+            driver=(_nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader") or [None])[0],
+        )
+    return facts
