@@ -3,9 +3,19 @@
 Importing the package registers its datasets, backbones, meta-architectures and evaluators
 in detectron2's catalogs and registries.
 """
-from . import data  # noqa: F401  (registers the nuclei datasets)
-from . import modeling  # noqa: F401  (registers the dense backbones and meta-architecture)
-from . import model_zoo  # noqa: F401
-from .config import add_maskrcnnpp_config
+import torch
+
+from .machine import MIN_TORCH, version_tuple
+
+if version_tuple(torch.__version__) < MIN_TORCH:
+    raise ImportError(
+        f"Mask R-CNN++ needs torch >= {'.'.join(map(str, MIN_TORCH))}, but this Python has torch "
+        f"{torch.__version__}. Upgrade it (bash scripts/install.sh names the command), then retry."
+    )
+
+from . import data  # noqa: E402,F401  (registers the nuclei datasets)
+from . import modeling  # noqa: E402,F401  (registers the dense backbones and meta-architecture)
+from . import model_zoo  # noqa: E402,F401
+from .config import add_maskrcnnpp_config  # noqa: E402
 
 __all__ = ["add_maskrcnnpp_config", "model_zoo"]

@@ -4,7 +4,8 @@ Several configs are measured *interleaved*: each repeat runs every model once, r
 that the noise of a shared machine hits all of them alike, and the report gives ratios to the
 first config. Every model sees the same deterministic synthetic scenes
 (:func:`maskrcnnpp.data.synthetic.render_scene`), fed at ``image_size`` x ``image_size`` without
-test-time resizing.
+test-time resizing. On a GPU, cuDNN picks its fastest algorithms for that one size first
+(``cudnn.benchmark``), and ``--amp`` runs the models under float16 autocast.
 
 Detections: a model with random weights keeps a random number of detections, and the mask head's
 cost grows with it. A config without ``MODEL.WEIGHTS`` is therefore measured with exactly
@@ -41,6 +42,8 @@ from .data.synthetic import render_scene
 from .engine import build_cfg, parse_config_spec
 from .errors import UserInputError, check_choice
 from .io_utils import write_json
+from .machine import cuda_unavailable_reason
+from .machine import describe as describe_machine
 from .modeling.cost import measure_cost
 
 __all__ = [
@@ -68,6 +71,7 @@ RATIO_KEYS = (
     "ms_per_image",
     "images_per_s",
     "train_step_s",
+    "train_images_per_s",
     "peak_memory_mb",
     "train_peak_memory_mb",
 )
@@ -82,6 +86,7 @@ TABLE_COLUMNS = (
     ("ms_per_image", "ms/image", lambda v: f"{v:.1f}"),
     ("images_per_s", "images/s", lambda v: f"{v:.2f}"),
     ("train_step_s", "train s/step", lambda v: f"{v:.3f}"),
+    ("train_images_per_s", "train images/s", lambda v: f"{v:.2f}"),
     ("peak_memory_mb", "infer peak MB", lambda v: f"{v:.0f}"),
     ("train_peak_memory_mb", "train peak MB", lambda v: f"{v:.0f}"),
 )
@@ -115,9 +120,15 @@ class BenchmarkSettings:
     def check(self):
         check_choice("device", self.device, ("cpu", "cuda"))
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserInputError("--device cuda: no GPU is available here; use --device cpu.")
+            raise UserInputError(
+                f"--device cuda needs a GPU, but {cuda_unavailable_reason(torch)}. "
+                "Measure on the CPU with --device cpu."
+            )
         if self.amp and self.device != "cuda":
-            raise UserInputError("--amp uses float16 autocast on the GPU; add --device cuda.")
+            raise UserInputError(
+                "--amp measures float16 autocast, which runs on a GPU only; add --device cuda "
+                "(or drop --amp on the CPU)."
+            )
         for name, minimum in (("image_size", 32), ("batch_size", 1), ("warmup", 0),
                               ("repeats", 1), ("train_repeats", 0), ("detections", 1)):
             value = getattr(self, name)
@@ -349,6 +360,8 @@ def _result(subject, settings, costs, peak_memory, train_peak_memory):
         "images_per_s": 1000 * settings.batch_size / latency["median"],
         "train_step_ms": _spread(subject.step_times) if trains else None,
         "train_step_s": float(np.median(subject.step_times)) if trains else None,
+        "train_images_per_s": settings.batch_size / float(np.median(subject.step_times))
+        if trains else None,
         "peak_memory_mb": peak_memory,
         "train_peak_memory_mb": train_peak_memory,
     }
@@ -370,6 +383,8 @@ def benchmark(named_cfgs, settings):
         settings (BenchmarkSettings): how to measure.
     """
     settings.check()
+    if settings.device == "cuda":
+        torch.backends.cudnn.benchmark = True  # every call has one input size: tune it once
     named_cfgs = [(name, benchmark_cfg(cfg, settings)) for name, cfg in named_cfgs]
     for _, cfg in named_cfgs:
         _check_weights(cfg)  # before minutes of measuring
@@ -418,18 +433,9 @@ def benchmark(named_cfgs, settings):
     _add_ratios(results)
     return {
         "settings": asdict(settings),
-        "machine": _machine(settings.device),
+        "machine": describe_machine(torch, settings.device),
         "memory_method": memory_method,
         "results": results,
-    }
-
-
-def _machine(device):
-    return {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
     }
 
 

@@ -517,6 +517,7 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, train_script, num_
     named_cfgs = [(run.name, _trained_cfg(run)) for run in runs if run.seed == runs[0].seed]
     settings = BenchmarkSettings(
         device="cuda" if runs[0].cfg.MODEL.DEVICE.startswith("cuda") else "cpu",
+        amp=runs[0].cfg.SOLVER.AMP.ENABLED,  # measured as trained
         image_size=image_size or runs[0].cfg.INPUT.MIN_SIZE_TEST, repeats=repeats,
         train_repeats=0,
     )

@@ -5,8 +5,13 @@ import re
 
 import torch
 import yaml
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_train_loader
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, defaults
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
@@ -17,6 +22,7 @@ from .data import register_nuclei_coco
 from .data.augment import build_nuclei_train_mapper
 from .errors import UserInputError, did_you_mean
 from .evaluation import NucleiEvaluator
+from .machine import cuda_unavailable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +58,8 @@ def _merge_or_explain(cfg, merge, source):
 def build_cfg(config_file, opts=()):
     """detectron2 config with Mask R-CNN++ keys, ``config_file`` and ``opts`` merged in.
 
-    Datasets named in ``DATASETS.COCO_NUCLEI`` are registered, and a CUDA device is replaced by the
-    CPU when no GPU is present, so every config runs on a laptop too.
+    Datasets named in ``DATASETS.COCO_NUCLEI`` are registered, and the device and precision are
+    checked against this machine (:func:`resolve_device`), so every config runs on a laptop too.
     """
     if not os.path.isfile(config_file):
         raise UserInputError(
@@ -65,11 +71,75 @@ def build_cfg(config_file, opts=()):
     add_maskrcnnpp_config(cfg)
     _merge_or_explain(cfg, lambda: cfg.merge_from_file(config_file), f"Config file {config_file}")
     _merge_or_explain(cfg, lambda: cfg.merge_from_list(list(opts)), "The command line")
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        log_first_n(logging.WARNING, "No GPU available: running on the CPU (MODEL.DEVICE=cpu).")
-        cfg.MODEL.DEVICE = "cpu"
+    typed = list(opts)[::2]
+    resolve_device(
+        cfg,
+        device_chosen="MODEL.DEVICE" in typed or _file_sets(config_file, "MODEL.DEVICE"),
+        amp_typed="SOLVER.AMP.ENABLED" in typed,
+    )
+    if cfg.DATALOADER.NUM_WORKERS < -1:
+        raise UserInputError(
+            f"DATALOADER.NUM_WORKERS={cfg.DATALOADER.NUM_WORKERS}: use 0 (load in the training "
+            "process), a number of worker processes, or -1 (one per CPU core, up to 8)."
+        )
     register_config_datasets(cfg)
     return cfg
+
+
+def _file_sets(config_file, key):
+    """Whether ``config_file`` (or a ``_BASE_`` it builds on) sets ``key`` itself."""
+    node = CfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def resolve_device(cfg, device_chosen, amp_typed):
+    """Check MODEL.DEVICE and SOLVER.AMP.ENABLED against this machine, in place.
+
+    A CUDA device that the user chose (command line or config file) without a usable GPU is an
+    error that says why (no GPU, or one that this torch build cannot use); detectron2's default
+    device falls back to the CPU. Mixed precision (float16 autocast) runs on CUDA only: on the CPU
+    a config file's AMP is switched off, while AMP typed on the command line is an error.
+    """
+    device = cfg.MODEL.DEVICE
+    fell_back = False
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            if device_chosen:
+                raise UserInputError(
+                    f"MODEL.DEVICE={device!r} needs a GPU, but {cuda_unavailable_reason(torch)}. "
+                    "To run on the CPU, set MODEL.DEVICE cpu."
+                )
+            cfg.MODEL.DEVICE = "cpu"
+            fell_back = True
+        elif device != "cuda":
+            index = device.partition(":")[2]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise UserInputError(
+                    f"MODEL.DEVICE={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                    f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; use one of them or 'cuda'."
+                )
+    elif device != "cpu":
+        raise UserInputError(f"MODEL.DEVICE={device!r} is not valid; use 'cuda', 'cuda:N' or 'cpu'.")
+    amp_dropped = False
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        if amp_typed:
+            raise UserInputError(
+                "SOLVER.AMP.ENABLED True asks for mixed precision (float16 autocast), which runs on "
+                "a GPU only, and this run is on the CPU. Drop the override, or run on a GPU "
+                "(MODEL.DEVICE cuda)."
+            )
+        cfg.SOLVER.AMP.ENABLED = False
+        amp_dropped = True
+    if fell_back or amp_dropped:
+        log_first_n(
+            logging.WARNING,
+            f"{'No GPU available: running' if fell_back else 'Running'} on the CPU "
+            f"(MODEL.DEVICE cpu){' in float32 (SOLVER.AMP.ENABLED False)' if amp_dropped else ''}.",
+        )
 
 
 def parse_config_spec(spec):
@@ -171,12 +241,26 @@ _detectron2_create_ddp_model = defaults.create_ddp_model
 defaults.create_ddp_model = _create_ddp_model
 
 
+def data_loader_workers(cfg):
+    """DATALOADER.NUM_WORKERS; -1 means the CPU cores this process may use, shared with the other
+    training processes of this machine, at most 8 (beyond that, workers rarely feed a GPU faster)."""
+    if cfg.DATALOADER.NUM_WORKERS >= 0:
+        return cfg.DATALOADER.NUM_WORKERS
+    return max(1, min(8, len(os.sched_getaffinity(0)) // comm.get_local_size()))
+
+
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with nuclei augmentations and nuclei evaluation beside COCO's."""
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_nuclei_train_mapper(cfg))
+        return build_detection_train_loader(
+            cfg, mapper=build_nuclei_train_mapper(cfg), num_workers=data_loader_workers(cfg)
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, num_workers=data_loader_workers(cfg))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -3,6 +3,7 @@ import json
 import os
 
 import pytest
+import torch
 from conftest import run_tool
 
 from maskrcnnpp.engine import build_cfg, check_datasets
@@ -102,3 +103,43 @@ def test_eval_only_without_weights(tmp_path):
     )
     assert result.returncode == 2
     assert "--eval-only needs trained weights" in result.stderr
+
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without a GPU")
+
+
+@no_gpu
+def test_a_chosen_cuda_device_without_a_gpu_says_why_and_how_to_run_on_the_cpu(tmp_path):
+    result = run_tool("train_net.py", "--config-file", QUICKSTART, "MODEL.DEVICE", "cuda",
+                      "OUTPUT_DIR", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: MODEL.DEVICE='cuda' needs a GPU, but no GPU is visible here")
+    assert "set MODEL.DEVICE cpu" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@no_gpu
+def test_amp_typed_on_the_command_line_of_a_cpu_run_is_refused():
+    assert "runs on a GPU only" in error_of("SOLVER.AMP.ENABLED", "True")
+
+
+@no_gpu
+def test_the_gpu_recipe_falls_back_to_float32_on_the_cpu():
+    cfg = build_cfg("configs/maskrcnnpp_R50.yaml")
+    assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == ("cpu", False)
+
+
+@no_gpu
+def test_benchmark_on_cuda_without_a_gpu_says_why(tmp_path):
+    result = run_tool("benchmark.py", "--config-file", QUICKSTART, "--device", "cuda")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--device cuda needs a GPU, but no GPU is visible here" in result.stderr
+
+
+@pytest.mark.parametrize("opts, message", [
+    (("MODEL.DEVICE", "tpu"), "MODEL.DEVICE='tpu' is not valid"),
+    (("DATALOADER.NUM_WORKERS", "-2"), "DATALOADER.NUM_WORKERS=-2: use 0"),
+])
+def test_bad_device_and_worker_settings(opts, message):
+    assert message in error_of(*opts)

@@ -211,6 +211,24 @@ def test_gradients_reach_every_parameter(variant):
     assert not no_grad
 
 
+@pytest.mark.parametrize("variant", VARIANTS[:1] + VARIANTS[4:5], ids="-".join)
+def test_mixed_precision_flows_through_the_neck(variant):
+    # Autocast in bfloat16 on the CPU stands in for float16 on a GPU: concatenating and summing
+    # half- and single-precision inputs (GroupNorm runs in float32) must work, stay close to
+    # float32 and give finite gradients.
+    torch.manual_seed(0)
+    backbone = build_backbone(make_cfg("maskrcnnpp_R50.yaml", *variant_opts(*variant))).train()
+    image = torch.randn(2, 3, 64, 96)
+    reference = backbone(image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = backbone(image)
+    for name, value in reference.items():
+        error = (mixed[name].float() - value).norm() / value.norm()
+        assert error < 0.05, f"{name}: relative error {error:.3f} under autocast"
+    sum((f.float() * torch.randn_like(f.float())).sum() for f in mixed.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in backbone.parameters() if p.grad is not None)
+
+
 def test_fpn_topology_reproduces_detectron2_fpn_exactly():
     ours = build_backbone(make_cfg("maskrcnnpp_R50_fpn.yaml", "MODEL.DENSE_FPN.NODE_WIDTH", 64))
     theirs = build_backbone(make_cfg("maskrcnn_R50_FPN.yaml"))

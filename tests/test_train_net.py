@@ -5,6 +5,8 @@ import os
 import pytest
 from conftest import TINY_TRAINING, run_tool
 
+from maskrcnnpp.engine import build_cfg, data_loader_workers
+
 QUICKSTART = "configs/quickstart_synthetic.yaml"
 
 
@@ -70,3 +72,24 @@ def test_two_cpu_processes_train_with_gloo(tiny_nuclei, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "World size: 2" in result.stdout + result.stderr
     assert os.path.isfile(tmp_path / "model_final.pth")
+
+
+def test_data_loader_workers_default_to_the_cores_of_each_process():
+    cfg = build_cfg(QUICKSTART)
+    assert cfg.DATALOADER.NUM_WORKERS == -1
+    assert data_loader_workers(cfg) == max(1, min(8, len(os.sched_getaffinity(0))))
+    cfg.DATALOADER.NUM_WORKERS = 3
+    assert data_loader_workers(cfg) == 3
+
+
+@pytest.mark.slow
+def test_the_gpu_recipe_trains_on_the_cpu_in_float32(tiny_nuclei, tmp_path):
+    # The R50 dense config as shipped (AMP, 16 images per step), shrunk in size and length only.
+    result = run_tool(
+        "train_net.py", "--config-file", "configs/maskrcnnpp_R50.yaml", *TINY_TRAINING,
+        *tiny_nuclei["opts"], "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "running on the CPU (MODEL.DEVICE cpu) in float32 (SOLVER.AMP.ENABLED False)" in result.stderr
+    losses = [m["total_loss"] for m in read_metrics(tmp_path) if "total_loss" in m]
+    assert losses and all(loss == loss for loss in losses)  # trained, and no NaN
