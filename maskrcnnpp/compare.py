@@ -30,6 +30,9 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from .benchmark import BenchmarkSettings, benchmark
+from detectron2.config import get_cfg
+
+from .config import add_maskrcnnpp_config
 from .engine import build_cfg, check_datasets
 from .errors import UserInputError
 from .io_utils import atomic_path, write_csv, write_json, write_text
@@ -61,6 +64,9 @@ SHARED_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.IMS
 # Where a run happened, not what it computed: ignored when deciding whether a run can be reused.
 PLACE_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE")
 RESULT_FILE = "run_result.json"
+# Side of the benchmark's image for configs tested at native size (INPUT.MIN_SIZE_TEST 0): a
+# mid-sized DSB2018 image.
+NATIVE_BENCHMARK_SIZE = 512
 LOG_FILE = "train.log"
 POLL_SECONDS = 2.0
 
@@ -160,6 +166,14 @@ def _check_same_data_and_schedule(runs):
                 )
 
 
+def _default_config():
+    """Every key's default, flattened: a key added since a run was made, at its default, changed
+    nothing that run computed."""
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    return _resolved(cfg)
+
+
 def _check_reusable(run):
     """Raise unless the run folder is new or was made with the same resolved config."""
     saved = run.path("config.yaml")
@@ -168,9 +182,10 @@ def _check_reusable(run):
     with open(saved) as f:
         before = _flatten(yaml.safe_load(f))
     now = _resolved(run.cfg)
+    defaults = _default_config()
     changed = sorted(
         key for key in before.keys() | now.keys()
-        if key not in PLACE_KEYS and before.get(key) != now.get(key)
+        if key not in PLACE_KEYS and before.get(key, defaults.get(key)) != now.get(key)
     )
     if changed:
         shown = "; ".join(f"{key} was {before.get(key)!r}, now {now.get(key)!r}"
@@ -506,7 +521,8 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, train_script, num_
         train_script (str): tools/train_net.py, run for each run in a child process.
         num_gpus (int): passed to train_net.py.
         image_size (int or None): side of the benchmark's synthetic image; by default the first
-            config's INPUT.MIN_SIZE_TEST, the scale its models are tested at.
+            config's INPUT.MIN_SIZE_TEST, the scale its models are tested at (512 for configs
+            tested at native size).
         repeats (int or None): timed inference calls per config; by default the device's.
 
     Returns:
@@ -518,7 +534,8 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, train_script, num_
     settings = BenchmarkSettings(
         device="cuda" if runs[0].cfg.MODEL.DEVICE.startswith("cuda") else "cpu",
         amp=runs[0].cfg.SOLVER.AMP.ENABLED,  # measured as trained
-        image_size=image_size or runs[0].cfg.INPUT.MIN_SIZE_TEST, repeats=repeats,
+        image_size=image_size or runs[0].cfg.INPUT.MIN_SIZE_TEST or NATIVE_BENCHMARK_SIZE,
+        repeats=repeats,
         train_repeats=0,
     )
     report = summarize(runs, run_results, benchmark(named_cfgs, settings))

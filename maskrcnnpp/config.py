@@ -25,6 +25,11 @@ def add_maskrcnnpp_config(cfg):
     # [1, 2, 3]; read by META_ARCHITECTURE "DeeplySupervisedRCNN".
     cfg.MODEL.DENSE_FPN.DEEP_SUPERVISION_DEPTHS = []
 
+    # Mask head loss (HybridLossMaskHead): "BCE" (detectron2's) or "BCE+Dice" (UNet++'s hybrid).
+    cfg.MODEL.ROI_MASK_HEAD.LOSS = "BCE"
+    # Weight of the soft Dice term when LOSS is "BCE+Dice" (UNet++: 1.0, the two terms alike).
+    cfg.MODEL.ROI_MASK_HEAD.DICE_WEIGHT = 1.0
+
     # Extra COCO nuclei datasets to register, each [name, json_file, image_root]; then name them in
     # DATASETS.TRAIN / DATASETS.TEST.
     cfg.DATASETS.COCO_NUCLEI = []
@@ -38,10 +43,13 @@ def add_maskrcnnpp_config(cfg):
 
     # Nuclei training augmentations (maskrcnnpp/data/augment.py), after detectron2's own.
     cfg.INPUT.NUCLEI_AUG = CN()
-    # Applied in order; any of hflip vflip rot90 scale brightness contrast gamma stain elastic.
+    # Applied in order; any of scaled_crop hflip vflip rot90 scale brightness contrast gamma stain
+    # elastic. With INPUT.MIN_SIZE_TRAIN (0,), "scaled_crop" trains at native pixel size.
     cfg.INPUT.NUCLEI_AUG.NAMES = []
-    # "scale": range of the random zoom factor applied after the resize.
+    # "scale", "scaled_crop": range of the random zoom factor (applied after detectron2's resize).
     cfg.INPUT.NUCLEI_AUG.SCALE_RANGE = (0.8, 1.25)
+    # "scaled_crop": side in pixels of the training crop, taken after the zoom.
+    cfg.INPUT.NUCLEI_AUG.CROP_SIZE = 256
     # "brightness": range of the intensity factor (detectron2 RandomBrightness).
     cfg.INPUT.NUCLEI_AUG.BRIGHTNESS_RANGE = (0.8, 1.2)
     # "contrast": range of the contrast factor around the image mean (detectron2 RandomContrast).

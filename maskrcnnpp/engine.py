@@ -13,7 +13,6 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.engine import DefaultTrainer, defaults
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import log_first_n
 
@@ -22,6 +21,7 @@ from .data import register_nuclei_coco
 from .data.augment import build_nuclei_train_mapper
 from .errors import UserInputError, did_you_mean
 from .evaluation import NucleiEvaluator
+from .inference.predict import PredictorModel, read_bgr
 from .machine import cuda_unavailable_reason
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ def build_cfg(config_file, opts=()):
         raise UserInputError(
             f"DATALOADER.NUM_WORKERS={cfg.DATALOADER.NUM_WORKERS}: use 0 (load in the training "
             "process), a number of worker processes, or -1 (one per CPU core, up to 8)."
+        )
+    if cfg.MODEL.ROI_MASK_HEAD.LOSS != "BCE" and cfg.MODEL.ROI_MASK_HEAD.NAME != "HybridLossMaskHead":
+        raise UserInputError(
+            f"MODEL.ROI_MASK_HEAD.LOSS={cfg.MODEL.ROI_MASK_HEAD.LOSS!r} is computed by "
+            f"HybridLossMaskHead, not {cfg.MODEL.ROI_MASK_HEAD.NAME!r}: set "
+            "MODEL.ROI_MASK_HEAD.NAME HybridLossMaskHead (same layers and weights)."
         )
     register_config_datasets(cfg)
     return cfg
@@ -250,7 +256,8 @@ def data_loader_workers(cfg):
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with nuclei augmentations and nuclei evaluation beside COCO's."""
+    """detectron2's DefaultTrainer with nuclei augmentations, and an evaluation of the model as
+    tools/predict.py runs it, scored by NucleiEvaluator (box and mask AP, nuclei metrics)."""
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -260,19 +267,19 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, num_workers=data_loader_workers(cfg))
+        """Decoded images for :class:`PredictorModel`, which prepares them as predict.py does."""
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=read_bgr, num_workers=data_loader_workers(cfg)
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation, with the model run as tools/predict.py runs it: whole images,
+        or overlap-tile inference for those larger than TEST.TILE.SIZE."""
+        return super().test(cfg, PredictorModel(cfg, model), evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Box AP, mask AP and the nuclei metrics in one pass (see NucleiEvaluator)."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return DatasetEvaluators(
-            [
-                COCOEvaluator(
-                    dataset_name,
-                    tasks=("bbox", "segm"),
-                    output_dir=output_folder,
-                    max_dets_per_image=cfg.TEST.DETECTIONS_PER_IMAGE,
-                ),
-                NucleiEvaluator(cfg, dataset_name, output_folder),
-            ]
-        )
+        return NucleiEvaluator(cfg, dataset_name, output_folder)

@@ -135,3 +135,34 @@ def test_bad_augmentation_config_is_a_user_error(change, message):
     cfg.INPUT.MASK_FORMAT = change.get("mask_format", "bitmask")
     with pytest.raises(UserInputError, match=message):
         build_nuclei_augmentations(cfg, is_train=True)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_scaled_crop_gives_a_window_at_native_or_zoomed_size(scale, dataset_dict):
+    cfg = nuclei_cfg(["scaled_crop"])
+    cfg.INPUT.MIN_SIZE_TRAIN = (0,)  # no resize: native pixel size
+    cfg.INPUT.NUCLEI_AUG.CROP_SIZE, cfg.INPUT.NUCLEI_AUG.SCALE_RANGE = 64, (scale, scale)
+    for seed in range(6):
+        image, instances = map_once(cfg, dataset_dict, seed)
+        assert image.shape[:2] == (64, 64)
+        masks = instances.gt_masks.tensor.numpy()
+        assert all(mask.any() for mask in masks)  # nuclei cut away entirely are dropped
+        for mask in masks:
+            values = image[mask][:, 0].astype(int)
+            if scale == 1.0:  # a plain window: every mask pixel keeps its nucleus' value
+                assert len(set(values)) == 1 and values[0] in (40, 60, 80, 100)
+            else:
+                assert np.mean(values >= 20) > 0.97
+        bright, covered = image[:, :, 0] >= 20, masks.any(axis=0)
+        if bright.any():
+            iou = (bright & covered).sum() / (bright | covered).sum()
+            assert iou == 1.0 if scale == 1.0 else iou > 0.85
+        np.testing.assert_array_equal(instances.gt_boxes.tensor.numpy(), tight_boxes(masks))
+
+
+def test_scaled_crop_of_an_image_smaller_than_the_window_keeps_it_whole(dataset_dict):
+    cfg = nuclei_cfg(["scaled_crop"])
+    cfg.INPUT.MIN_SIZE_TRAIN = (0,)
+    cfg.INPUT.NUCLEI_AUG.CROP_SIZE, cfg.INPUT.NUCLEI_AUG.SCALE_RANGE = 256, (1.0, 1.0)
+    image, instances = map_once(cfg, dataset_dict, 0)
+    assert image.shape[:2] == (96, 128) and len(instances) == 4

@@ -22,6 +22,7 @@ from maskrcnnpp.evaluation import (
     NucleiEvaluator,
     evaluate_coco_predictions,
     evaluate_image,
+    format_summary,
     instance_overlaps,
     instances_to_labelmap,
     load_coco_gt,
@@ -256,7 +257,7 @@ def test_coco_path_applies_threshold_and_overlap_rule_before_the_metrics():
     predictions += results_from_labelmap(labelmap([C]), 1, [0.2])  # below the threshold
     # A 4-pixel mask inside A: the 0.9 prediction of A takes its pixels, so it vanishes.
     predictions += results_from_labelmap(labelmap([(1, 3, 1, 3)]), 1, [0.7])
-    summary, rows = evaluate_coco_predictions(
+    summary, rows, _ = evaluate_coco_predictions(
         coco_gt, predictions, score_threshold=0.5, max_dets=1000
     )
     assert_scores(rows[0], CASES["false_positive"][2])
@@ -304,7 +305,7 @@ def test_mask_ap_matches_pycocotools():
     labelmaps = [grid_labelmap(6, 6, 16, 4 + i) for i in range(3)] + [grid_labelmap(2, 2, 48, 20)]
     dataset = coco_gt_from_labelmaps(labelmaps)
     predictions = noisy_predictions(labelmaps, rng)
-    summary, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
+    summary, _, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
     ours = [summary[f"mask_{name}"] for name in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
     reference = pycocotools_segm_stats(dataset, predictions)
     assert np.allclose(ours, np.where(reference < 0, np.nan, reference), equal_nan=True, atol=1e-9)
@@ -315,7 +316,7 @@ def test_mask_ap_counts_every_nucleus_of_a_crowded_image():
     labels = grid_labelmap(10, 15, 12, 4)  # 150 nuclei
     dataset = coco_gt_from_labelmaps([labels])
     predictions = results_from_labelmap(labels, 1, np.linspace(1.0, 0.5, 150))
-    summary, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
+    summary, _, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
     assert summary["mask_AP"] == pytest.approx(100)
     # COCO's default maxDets=100 sees only 100 of the 150 perfect masks.
     assert pycocotools_segm_stats(dataset, predictions)[0] < 70
@@ -323,7 +324,7 @@ def test_mask_ap_counts_every_nucleus_of_a_crowded_image():
 
 def test_no_predictions_give_zero_ap_and_zero_scores():
     coco_gt = coco_gt_api(coco_gt_from_labelmaps([labelmap([A, B])]))
-    summary, _ = evaluate_coco_predictions(coco_gt, [], 0.5, 1000)
+    summary, _, _ = evaluate_coco_predictions(coco_gt, [], 0.5, 1000)
     assert summary["mask_AP"] == 0 and summary["dsb_score"] == 0 and summary["iou"] == 0
 
 
@@ -371,7 +372,7 @@ def test_evaluator_agrees_with_the_shared_function(tmp_path):
     evaluator.process([{"image_id": 1}], [{"instances": instances}])
     results = evaluator.evaluate()
 
-    expected, _ = evaluate_coco_predictions(
+    expected, _, _ = evaluate_coco_predictions(
         load_coco_gt(tmp_path / "gt.json"),
         results_from_labelmap(pred_labels, 1, [0.9, 0.8, 0.7]),
         0.5,
@@ -385,3 +386,31 @@ def test_evaluator_agrees_with_the_shared_function(tmp_path):
     assert results["nuclei"]["num_pred"] == 3 and results["nuclei"]["num_true"] == 3
     assert (tmp_path / "out" / "nuclei_metrics.json").is_file()
     assert (tmp_path / "out" / "nuclei_per_image.csv").read_text().count("\n") == 2
+
+
+def test_metrics_per_image_type_equal_those_of_each_type_alone():
+    rng = np.random.default_rng(2)
+    labelmaps = [grid_labelmap(4, 4, 16, 4 + i) for i in range(4)]
+    dataset = coco_gt_from_labelmaps(labelmaps)
+    for image, kind in zip(dataset["images"], ["he_stained", "fluorescence", "fluorescence", "he_stained"]):
+        image["image_type"] = kind
+    predictions = noisy_predictions(labelmaps, rng)
+    summary, rows, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
+    assert list(summary["by_type"]) == ["fluorescence", "he_stained"]  # the reports' order
+    assert [row["image_type"] for row in rows] == ["he_stained", "fluorescence", "fluorescence", "he_stained"]
+    for kind, ids in (("fluorescence", [2, 3]), ("he_stained", [1, 4])):
+        alone, _, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000, ids)
+        by_type = summary["by_type"][kind]
+        assert by_type["num_images"] == 2
+        for key in ("mask_AP", "mask_AP50", "iou", "dsb_score", "aji", "pq", "num_true"):
+            assert by_type[key] == pytest.approx(alone[key]), key
+    per_type = format_summary(summary).split("Per image type:")[1]
+    header = [cell.strip() for cell in per_type.splitlines()[1].split("|")]
+    assert header[1:4] == ["metric", "fluorescence", "he_stained"]
+
+
+def test_ground_truth_without_types_has_no_per_type_results():
+    coco_gt = coco_gt_api(coco_gt_from_labelmaps([labelmap([A])]))
+    summary, rows, _ = evaluate_coco_predictions(coco_gt, [], 0.5, 1000)
+    assert "by_type" not in summary and rows[0]["image_type"] == "unknown"
+    assert "Per image type" not in format_summary(summary)

@@ -10,6 +10,7 @@ import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
+from maskrcnnpp.data.image_types import image_type
 from maskrcnnpp.data.prepare import is_validation, prepare_dsb2018, prepare_labelmaps
 from maskrcnnpp.errors import UserInputError
 
@@ -270,3 +271,33 @@ def test_real_dsb2018_images_round_trip(tmp_path):
         decoded = decoded_masks(coco, image["id"])
         assert len(decoded) == len(masks)
         assert all(np.array_equal(a, b) for a, b in zip(decoded, masks))
+
+
+@pytest.mark.parametrize("background, nucleus, expected", [
+    ((10, 10, 10), (200, 200, 200), "fluorescence"),      # grey DAPI export
+    ((5, 8, 20), (90, 140, 255), "fluorescence"),         # tinted fluorescence is still dark
+    ((230, 230, 230), (60, 60, 60), "brightfield"),       # unstained, transmitted light
+    ((240, 200, 225), (120, 60, 160), "he_stained"),      # pink eosin, purple hematoxylin
+])
+def test_image_type_rule(background, nucleus, expected):
+    image = np.full((64, 64, 3), background, np.uint8)
+    image[20:40, 20:40] = nucleus
+    assert image_type(image) == expected
+
+
+def test_prepared_images_record_their_type(tmp_path):
+    write_dsb_image(tmp_path / "src", "dark", gray() // 4, [disc(5, 5, 3)])
+    summary = prepare_dsb2018(tmp_path / "src", tmp_path / "out", val_fraction=0)
+    assert [image["image_type"] for image in load(tmp_path / "out")["images"]] == ["fluorescence"]
+    assert "Image types: 1 fluorescence." in summary.format()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_DSB.is_dir(), reason=f"no DSB2018 copy at {REAL_DSB}")
+def test_image_type_rule_on_all_of_dsb2018():
+    counts = {}
+    for image_id in sorted(os.listdir(REAL_DSB)):
+        image = cv2.imread(str(REAL_DSB / image_id / "images" / f"{image_id}.png"))
+        kind = image_type(image)
+        counts[kind] = counts.get(kind, 0) + 1
+    assert counts == {"fluorescence": 476, "brightfield": 15, "he_stained": 99}

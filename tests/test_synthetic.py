@@ -7,6 +7,7 @@ from pycocotools.coco import COCO
 from scipy import ndimage
 
 from maskrcnnpp.data import coco_io, synthetic
+from maskrcnnpp.data.image_types import image_type
 from maskrcnnpp.errors import UserInputError
 
 SEED = 7
@@ -79,6 +80,7 @@ def test_coco_annotations_decode_to_the_rendered_label_maps(tmp_path):
             "file_name": f"{index:05d}.png",
             "height": HEIGHT,
             "width": WIDTH,
+            "image_type": image_type(image),
         }
         written = cv2.imread(str(out_dir / "images" / info["file_name"]))[:, :, ::-1]
         np.testing.assert_array_equal(written, image)
@@ -182,3 +184,11 @@ def test_bad_arguments_are_user_errors(tmp_path, kwargs, message):
     with pytest.raises(UserInputError, match=message):
         synthetic.generate_synthetic_dataset(tmp_path / "set", **arguments)
     assert not (tmp_path / "set").exists()
+
+
+@pytest.mark.parametrize("modality, expected", [("fluorescence", "fluorescence"),
+                                                 ("brightfield", "he_stained")])
+def test_synthetic_modalities_have_the_image_type_of_what_they_imitate(modality, expected):
+    for seed in range(5):
+        image, _ = synthetic.render_scene(np.random.default_rng(seed), 96, 96, modality=modality)
+        assert image_type(image) == expected

@@ -61,7 +61,7 @@ def main(argv=None):
     try:
         coco_gt = load_coco_gt(args.gt)
         predictions = load_coco_results(args.pred)
-        summary, rows = evaluate_coco_predictions(
+        summary, rows, _ = evaluate_coco_predictions(
             coco_gt, predictions, args.score_threshold, args.max_dets
         )
     except UserInputError as e:

@@ -148,6 +148,33 @@ class RandomScale(T.Augmentation):
         return T.ResizeTransform(height, width, round(height * scale), round(width * scale))
 
 
+class RandomScaledCrop(T.Augmentation):
+    """A ``crop_size`` x ``crop_size`` window of the image zoomed by a factor drawn from
+    ``[min_scale, max_scale]``: training at (or near) native pixel size, whatever the image size.
+
+    The window is cut first (``crop_size / scale`` pixels, at a random position) and only then
+    resized, so a large image and its masks are never resized whole. Images smaller than the
+    window are used whole (batching pads them), so no padding enters the masks.
+    """
+
+    def __init__(self, crop_size, min_scale, max_scale):
+        super().__init__()
+        self._init(locals())
+
+    def get_transform(self, image):
+        height, width = image.shape[:2]
+        scale = self._rand_range(self.min_scale, self.max_scale)
+        window = max(1, round(self.crop_size / scale))
+        crop_height, crop_width = min(window, height), min(window, width)
+        y0 = np.random.randint(height - crop_height + 1)
+        x0 = np.random.randint(width - crop_width + 1)
+        return T.TransformList([
+            T.CropTransform(x0, y0, crop_width, crop_height),
+            T.ResizeTransform(crop_height, crop_width, max(1, round(crop_height * scale)),
+                              max(1, round(crop_width * scale))),
+        ])
+
+
 class RandomGamma(T.Augmentation):
     """Gamma drawn log-uniformly from ``[min_gamma, max_gamma]`` (so 0.8..1.25 is symmetric)."""
 
@@ -209,6 +236,11 @@ def rot90(cfg):
 @NUCLEI_AUGMENTATION_REGISTRY.register()
 def scale(cfg):
     return RandomScale(*cfg.INPUT.NUCLEI_AUG.SCALE_RANGE)
+
+
+@NUCLEI_AUGMENTATION_REGISTRY.register()
+def scaled_crop(cfg):
+    return RandomScaledCrop(cfg.INPUT.NUCLEI_AUG.CROP_SIZE, *cfg.INPUT.NUCLEI_AUG.SCALE_RANGE)
 
 
 @NUCLEI_AUGMENTATION_REGISTRY.register()

@@ -1,8 +1,12 @@
 """Instance masks to COCO instance annotations (RLE), shared by every nuclei data source."""
+import os
+
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from scipy import ndimage
+
+from .image_types import image_type
 
 NUCLEUS_CATEGORIES = [{"id": 1, "name": "nucleus", "supercategory": "nucleus"}]
 
@@ -62,3 +66,17 @@ def write_rgb_png(path, image):
     """Write an HxWx3 RGB uint8 array as PNG (OpenCV writes BGR)."""
     if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
         raise OSError(f"could not write image {path}")
+
+
+def write_sample(image_dir, file_name, image, labels, image_id, first_annotation_id):
+    """Write one image (HxWx3 RGB) as PNG into ``image_dir``; return its COCO image entry, with
+    its :func:`~.image_types.image_type`, and the annotations of its label map."""
+    write_rgb_png(os.path.join(image_dir, file_name), image)
+    entry = {
+        "id": image_id,
+        "file_name": file_name,
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "image_type": image_type(image),
+    }
+    return entry, labelmap_to_annotations(labels, image_id, first_annotation_id)

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, List
 
@@ -24,7 +25,8 @@ from tqdm import tqdm
 
 from ..errors import UserInputError, check_choice
 from ..io_utils import atomic_directory, write_json
-from .coco_io import coco_dict, labelmap_to_annotations, write_rgb_png
+from .coco_io import coco_dict, write_sample
+from .image_types import IMAGE_TYPES
 
 # How images deeper than 8 bits become 8-bit: the (low, high) percentiles of the image's own
 # pixels (all channels together, so colours keep their balance) are stretched to 0..255.
@@ -44,6 +46,7 @@ class PreparationSummary:
     negatives: int = 0
     nuclei: int = 0
     skipped_empty_masks: int = 0
+    image_types: Counter = field(default_factory=Counter)
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -52,7 +55,10 @@ class PreparationSummary:
             f"{self.images} images ({self.train_images} train, {self.val_images} val; "
             f"{self.negatives} without nuclei), {self.nuclei} nuclei, "
             f"{self.skipped_empty_masks} empty masks skipped, {len(self.warnings)} warnings, "
-            f"{self.seconds:.1f} s."
+            f"{self.seconds:.1f} s.",
+            "Image types: " + ", ".join(
+                f"{self.image_types[kind]} {kind}" for kind in IMAGE_TYPES if self.image_types[kind]
+            ) + ".",
         ]
         lines += [f"warning: {w}" for w in self.warnings[:MAX_WARNINGS_SHOWN]]
         if len(self.warnings) > MAX_WARNINGS_SHOWN:
@@ -270,17 +276,16 @@ def prepare_nuclei(samples, out, *, description, sources=(), val_fraction=0.1, s
         for coco_id, sample in enumerate(tqdm(samples, desc="images", unit="image"), start=1):
             image = to_rgb8(read_image(sample.image_path), intensity, sample.image_path)
             labels = sample.read_labels(image.shape, summary)
-            annotations = labelmap_to_annotations(labels, coco_id, first_annotation_id)
+            entry, annotations = write_sample(
+                os.path.join(tmp, "images"), sample.name + ".png", image, labels, coco_id,
+                first_annotation_id,
+            )
             first_annotation_id += len(annotations)
-            file_name = sample.name + ".png"
-            write_rgb_png(os.path.join(tmp, "images", file_name), image)
             split = "val" if is_validation(sample.name, val_fraction, seed) else "train"
             images, split_annotations = splits[split]
-            images.append(
-                {"id": coco_id, "file_name": file_name,
-                 "height": image.shape[0], "width": image.shape[1]}
-            )
+            images.append(entry)
             split_annotations.extend(annotations)
+            summary.image_types[entry["image_type"]] += 1
             summary.nuclei += len(annotations)
             summary.negatives += int(not annotations)
         for split, (images, annotations) in splits.items():

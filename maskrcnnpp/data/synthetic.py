@@ -292,13 +292,12 @@ def generate_synthetic_dataset(out_dir, num_images, seed, image_size=(256, 256),
         os.makedirs(os.path.join(tmp_dir, "images"))
         for index in tqdm(range(num_images), desc="synthetic nuclei", unit="image"):
             image, labels = render_scene(np.random.default_rng([seed, index]), height, width)
-            file_name = f"{index:05d}.png"
-            coco_io.write_rgb_png(os.path.join(tmp_dir, "images", file_name), image)
-            image_id = index + 1
-            images.append(
-                {"id": image_id, "file_name": file_name, "height": height, "width": width}
+            entry, image_annotations = coco_io.write_sample(
+                os.path.join(tmp_dir, "images"), f"{index:05d}.png", image, labels,
+                image_id=index + 1, first_annotation_id=len(annotations) + 1,
             )
-            annotations += coco_io.labelmap_to_annotations(labels, image_id, len(annotations) + 1)
+            images.append(entry)
+            annotations += image_annotations
         io_utils.write_json(
             coco_io.coco_dict(images, annotations, description),
             os.path.join(tmp_dir, "annotations.json"),

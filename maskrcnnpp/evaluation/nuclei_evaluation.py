@@ -1,8 +1,9 @@
 """Nuclei evaluation of COCO mask predictions: one function for training and for tools/evaluate.py.
 
 :func:`evaluate_coco_predictions` scores COCO results (RLE masks with scores) against COCO ground
-truth: mask AP with a raised maxDets, and the instance-map metrics of :mod:`.metrics`.
-:class:`NucleiEvaluator` feeds it from a model during training, so both report the same numbers.
+truth: mask AP with a raised maxDets, and the instance-map metrics of :mod:`.metrics`, overall
+and per image type. :class:`NucleiEvaluator` feeds it from a model during training, so both
+report the same numbers.
 """
 
 import contextlib
@@ -13,22 +14,18 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import pycocotools.mask as mask_util
-import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
-from detectron2.evaluation.coco_evaluation import (
-    COCOeval_opt,
-    COCOevalMaxDets,
-    instances_to_coco_json,
-)
-from detectron2.utils import comm
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation.coco_evaluation import COCOeval_opt, COCOevalMaxDets
 from pycocotools.coco import COCO
 from tabulate import tabulate
 from tqdm import tqdm
 
+from ..data.image_types import IMAGE_TYPES, UNKNOWN
 from ..errors import UserInputError
 from ..io_utils import write_csv, write_json
 from .metrics import evaluate_image, instances_to_labelmap, summarize_images
@@ -191,26 +188,35 @@ def check_coco_predictions(coco_gt, predictions):
     return cleaned
 
 
-def coco_mask_ap(coco_gt, predictions, max_dets, image_ids):
-    """COCO mask AP, AP50, AP75, APs, APm, APl (0-100) keeping up to ``max_dets`` masks per image.
-
-    AP ranks all predictions by score; no score threshold applies. NaN where COCO cannot compute
-    a value (no true nucleus in that size range).
-    """
-    with contextlib.redirect_stdout(io.StringIO()) as cocoeval_log:
+def load_predictions(coco_gt, predictions):
+    """The checked COCO results as a pycocotools COCO object (RLE areas and boxes computed once)."""
+    with contextlib.redirect_stdout(io.StringIO()):
         if predictions:
-            coco_dt = coco_gt.loadRes(predictions)
-        else:  # loadRes rejects an empty list; no predictions still means AP 0
-            coco_dt = COCO()
-            coco_dt.dataset = {**coco_gt.dataset, "annotations": []}
-            coco_dt.createIndex()
+            return coco_gt.loadRes(predictions)
+        coco_dt = COCO()  # loadRes rejects an empty list; no predictions still means AP 0
+        coco_dt.dataset = {**coco_gt.dataset, "annotations": []}
+        coco_dt.createIndex()
+    return coco_dt
+
+
+def coco_segm_eval(coco_gt, coco_dt, max_dets, image_ids):
+    """COCOeval of the masks on ``image_ids``, evaluated, accumulated and summarized, keeping up
+    to ``max_dets`` masks per image. AP ranks all predictions by score; no threshold applies."""
+    with contextlib.redirect_stdout(io.StringIO()) as cocoeval_log:
         coco_eval = _FastCOCOevalMaxDets(coco_gt, coco_dt, "segm")
         coco_eval.params.maxDets = [1, 10, max_dets]
         coco_eval.params.imgIds = image_ids
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    logger.info("COCOeval (segm, maxDets=%d):\n%s", max_dets, cocoeval_log.getvalue())
+    logger.info("COCOeval (segm, maxDets=%d, %d images):\n%s", max_dets, len(image_ids),
+                cocoeval_log.getvalue())
+    return coco_eval
+
+
+def mask_ap(coco_eval):
+    """mask_AP, mask_AP50, ..., mask_APl (0-100) of a summarized COCOeval; NaN where COCO cannot
+    compute a value (no true nucleus in that size range)."""
     return {
         f"mask_{name}": float(stat * 100) if stat >= 0 else float("nan")
         for name, stat in zip(COCO_AP_NAMES, coco_eval.stats)
@@ -233,11 +239,20 @@ def _instance_maps(coco_gt, image, predictions, score_threshold):
     return true_labels, pred_labels
 
 
+class NucleiEvaluation(NamedTuple):
+    """What :func:`evaluate_coco_predictions` measured."""
+
+    summary: dict  # SUMMARY_TABLE keys, score_threshold, max_dets; by_type where types are known
+    rows: list  # one dict per image: ids, file name, size, type and evaluate_image's values
+    coco_eval: object  # the COCOeval of the masks on all images, for detectron2's "segm" results
+
+
 def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, image_ids=None):
-    """Every nuclei metric of COCO ``predictions`` against ``coco_gt``: (summary, per-image rows).
+    """Every nuclei metric of COCO ``predictions`` against ``coco_gt``, overall and per image type.
 
     Args:
-        coco_gt (COCO): the ground truth.
+        coco_gt (COCO): the ground truth; an image's ``image_type`` (see
+            :mod:`maskrcnnpp.data.image_types`) groups the per-type results.
         predictions (list[dict]): COCO results with an RLE ``segmentation`` and a ``score``.
         score_threshold (float): predictions scoring at least this make the instance maps.
         max_dets (int): COCO maxDets for mask AP (at least COCO's 100).
@@ -245,8 +260,9 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
             An image without predictions counts as predicting nothing.
 
     Returns:
-        (dict, list[dict]): the summary (SUMMARY_TABLE keys, plus ``score_threshold`` and
-        ``max_dets``), and one row per image: ids, size and :func:`.metrics.evaluate_image`.
+        NucleiEvaluation. ``summary["by_type"]`` maps each image type present (in
+        IMAGE_TYPES order) to the same metrics on its images alone; it is absent when no image
+        of the ground truth has a type.
     """
     if not math.isfinite(score_threshold):
         raise UserInputError(f"The score threshold must be a finite number, got {score_threshold}.")
@@ -273,27 +289,46 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
             {
                 "image_id": image_id,
                 "file_name": image.get("file_name", ""),
+                "image_type": image.get("image_type", UNKNOWN),
                 "height": image["height"],
                 "width": image["width"],
                 **evaluate_image(true_labels, pred_labels),
             }
         )
+    coco_dt = load_predictions(coco_gt, predictions)
+    coco_eval = coco_segm_eval(coco_gt, coco_dt, max_dets, image_ids)
     summary = {
-        **coco_mask_ap(coco_gt, predictions, max_dets, image_ids),
+        **mask_ap(coco_eval),
         **summarize_images(rows),
         "score_threshold": float(score_threshold),
         "max_dets": max_dets,
     }
-    return summary, rows
+    types = [kind for kind in (*IMAGE_TYPES, UNKNOWN) if any(r["image_type"] == kind for r in rows)]
+    if types != [UNKNOWN]:
+        summary["by_type"] = {}
+        for kind in types:
+            of_kind = [row for row in rows if row["image_type"] == kind]
+            ids = [row["image_id"] for row in of_kind]
+            summary["by_type"][kind] = {
+                **mask_ap(coco_segm_eval(coco_gt, coco_dt, max_dets, ids)),
+                **summarize_images(of_kind),
+            }
+    return NucleiEvaluation(summary, rows, coco_eval)
+
+
+# The per-type table: the metrics a reader compares across image types.
+TYPE_TABLE_KEYS = ("mask_AP", "mask_AP50", "iou", "dice", "dsb_score", "aji", "pq", "num_images",
+                   "num_true", "num_pred")
 
 
 def format_summary(summary):
-    """The summary as a readable table, headed by the settings that shape the numbers."""
+    """The summary as readable tables, headed by the settings that shape the numbers: every
+    metric with its meaning, then the main ones per image type."""
     table = [
         (key, format(summary[key], value_format), meaning)
         for key, value_format, meaning in SUMMARY_TABLE
     ]
-    return (
+    text = (
         f"Nuclei evaluation. Instance maps keep predictions with score >= "
         f"{summary['score_threshold']:g}; {OVERLAP_RULE}. Mask AP ranks all predictions, "
         f"up to maxDets={summary['max_dets']} per image.\n"
@@ -301,25 +336,41 @@ def format_summary(summary):
             table, headers=("metric", "value", "meaning"), tablefmt="pipe", disable_numparse=True
         )
     )
+    by_type = summary.get("by_type")
+    if by_type:
+        formats = {key: value_format for key, value_format, _ in SUMMARY_TABLE}
+        rows = [[key] + [format(by_type[kind][key], formats[key]) for kind in by_type]
+                for key in TYPE_TABLE_KEYS]
+        text += "\n\nPer image type:\n" + tabulate(
+            rows, headers=["metric", *by_type], tablefmt="pipe", disable_numparse=True
+        )
+    return text
+
+
+def _without_nan(value):
+    """``value`` with every NaN float, at any depth, replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def save_evaluation(summary, rows, json_path, csv_path):
     """Write the summary as JSON (NaN as null, plus the overlap rule) and the rows as CSV."""
-    report = {
-        key: None if isinstance(value, float) and math.isnan(value) else value
-        for key, value in summary.items()
-    }
-    write_json({**report, "overlap_rule": OVERLAP_RULE}, json_path, indent=2)
+    write_json({**_without_nan(summary), "overlap_rule": OVERLAP_RULE}, json_path, indent=2)
     write_csv(rows, csv_path)
 
 
-class NucleiEvaluator(DatasetEvaluator):
-    """Nuclei metrics of a COCO-format dataset during training, beside detectron2's COCOEvaluator.
+class NucleiEvaluator(COCOEvaluator):
+    """detectron2's COCOEvaluator that also scores the masks for nuclei, in one pass.
 
-    process() keeps each image's predictions as COCO RLE results; evaluate() gathers them on the
-    main process and scores them with :func:`evaluate_coco_predictions`, the function behind
-    tools/evaluate.py, so a training run and the tool agree. It returns ``{"nuclei": summary}``
-    and, with ``output_dir``, writes nuclei_metrics.json and nuclei_per_image.csv there.
+    COCOEvaluator gathers the predictions of all processes, encodes every mask once as COCO RLE,
+    writes coco_instances_results.json and computes box AP. The masks are then scored by
+    :func:`evaluate_coco_predictions`, the function behind tools/evaluate.py, with one COCOeval
+    whose maxDets is ``max_dets`` (COCO's 100 would truncate crowded images): its AP is reported
+    both as detectron2's usual "segm" results and in the nuclei summary, beside foreground
+    IoU/Dice, DSB score, AJI and PQ. Results: ``{"bbox", "segm", "nuclei"}`` and
+    ``"nuclei/<image type>"`` per type; with ``output_dir``, nuclei_metrics.json and
+    nuclei_per_image.csv are written there.
     """
 
     @configurable
@@ -329,24 +380,25 @@ class NucleiEvaluator(DatasetEvaluator):
         """
         Args:
             dataset_name (str): a registered dataset whose metadata has ``json_file`` (COCO).
-            output_dir (str or None): where to write the metrics files.
+            output_dir (str or None): where to write the results and metrics files.
             score_threshold (float): predictions scoring at least this make the instance maps.
-            max_dets (int): COCO maxDets for mask AP.
+            max_dets (int): COCO maxDets for box and mask AP.
             distributed (bool): gather the predictions of all processes before evaluating.
         """
-        json_file = MetadataCatalog.get(dataset_name).get("json_file")
-        if json_file is None:
+        if MetadataCatalog.get(dataset_name).get("json_file") is None:
             raise UserInputError(
                 f"NucleiEvaluator needs dataset '{dataset_name}' in COCO format, but its metadata "
                 "has no json_file. Register it with maskrcnnpp.data.register_nuclei_coco."
             )
-        self._coco_gt = load_coco_gt(json_file)
-        # Models predict contiguous class indices; load_coco_json maps sorted category ids to them.
-        self._category_ids = sorted(self._coco_gt.getCatIds())
-        self._output_dir = output_dir
+        super().__init__(dataset_name, tasks=("bbox",), distributed=distributed,
+                         output_dir=output_dir, max_dets_per_image=max_dets)
+        if not self._metadata.get("thing_dataset_id_to_contiguous_id"):
+            # set by load_coco_json when the dataset is loaded; the same sorted order if it is not
+            self._metadata.thing_dataset_id_to_contiguous_id = {
+                category_id: index for index, category_id in enumerate(sorted(self._coco_api.getCatIds()))
+            }
         self._score_threshold = score_threshold
         self._max_dets = max_dets
-        self._distributed = distributed
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
@@ -357,41 +409,28 @@ class NucleiEvaluator(DatasetEvaluator):
             "max_dets": cfg.TEST.NUCLEI.MAX_DETS,
         }
 
-    def reset(self):
-        self._image_ids = []
-        self._predictions = []
-
-    def process(self, inputs, outputs):
-        for input, output in zip(inputs, outputs):
-            results = instances_to_coco_json(
-                output["instances"].to(torch.device("cpu")), input["image_id"]
-            )
-            for result in results:
-                result["category_id"] = self._category_ids[result["category_id"]]
-            self._image_ids.append(input["image_id"])
-            self._predictions.extend(results)
-
-    def evaluate(self):
-        image_ids, predictions = self._image_ids, self._predictions
-        if self._distributed:
-            comm.synchronize()
-            gathered = comm.gather((image_ids, predictions), dst=0)
-            if not comm.is_main_process():
-                return {}
-            image_ids = list(itertools.chain(*(ids for ids, _ in gathered)))
-            predictions = list(itertools.chain(*(results for _, results in gathered)))
-        if not image_ids:
-            logger.warning("[NucleiEvaluator] Did not receive any image to evaluate.")
-            return {}
-        summary, rows = evaluate_coco_predictions(
-            self._coco_gt, predictions, self._score_threshold, self._max_dets, image_ids
+    def _eval_predictions(self, predictions, img_ids=None):
+        super()._eval_predictions(predictions, img_ids)  # maps category ids; writes; box AP
+        evaluation = evaluate_coco_predictions(
+            self._coco_api,
+            list(itertools.chain(*(prediction["instances"] for prediction in predictions))),
+            self._score_threshold,
+            self._max_dets,
+            img_ids or [prediction["image_id"] for prediction in predictions],
         )
-        logger.info("\n" + format_summary(summary))
+        self._results["segm"] = self._derive_coco_results(
+            evaluation.coco_eval, "segm", class_names=self._metadata.get("thing_classes")
+        )
+        summary = dict(evaluation.summary)
+        by_type = summary.pop("by_type", {})
+        self._results["nuclei"] = summary
+        for kind, metrics in by_type.items():
+            self._results[f"nuclei/{kind}"] = metrics
+        self._logger.info("\n" + format_summary(evaluation.summary))
         if self._output_dir:
             save_evaluation(
-                summary,
-                rows,
+                evaluation.summary,
+                evaluation.rows,
                 os.path.join(self._output_dir, "nuclei_metrics.json"),
                 os.path.join(self._output_dir, "nuclei_per_image.csv"),
             )
-        return {"nuclei": summary}

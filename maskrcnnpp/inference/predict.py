@@ -1,16 +1,16 @@
 """Predict nuclei in image files: overlays, 16-bit label maps and one COCO results file.
 
-The logic behind tools/predict.py: detectron2's DefaultPredictor, or overlap-tile inference with
-the same model for images larger than TEST.TILE.SIZE.
+The logic behind tools/predict.py, and the same model call for the evaluation during training:
+:class:`TiledPredictor`, which is DefaultPredictor for an image that fits one tile
+(TEST.TILE.SIZE) and overlap-tile inference for a larger one.
 """
 
 import os
 
 import cv2
 import numpy as np
-import torch
+from torch import nn
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
@@ -52,17 +52,27 @@ def list_images(inputs):
     return images
 
 
-def build_predictor(cfg):
-    """A function image (BGR) -> Instances on the CPU: DefaultPredictor, or overlap-tile
-    inference with the same model for images larger than a tile."""
-    whole = DefaultPredictor(cfg)
-    tiled = TiledPredictor(cfg, model=whole.model)
+def read_bgr(dataset_dict):
+    """A test-loader mapper: the dataset dict with its image file decoded as BGR (``"bgr"``),
+    the input :class:`PredictorModel` takes."""
+    return {**dataset_dict, "bgr": read_image(dataset_dict["file_name"], format="BGR")}
 
-    def predict(image):
-        large = max(image.shape[:2]) > cfg.TEST.TILE.SIZE
-        return (tiled if large else whole)(image)["instances"].to(torch.device("cpu"))
 
-    return predict
+class PredictorModel(nn.Module):
+    """``model`` as tools/predict.py runs it, in the form detectron2's ``inference_on_dataset``
+    calls: whole images, or overlap-tile inference for images larger than ``TEST.TILE.SIZE``
+    (:class:`TiledPredictor`, which gives exactly whole-image inference for an image that fits
+    one tile). Inputs carry the decoded image (:func:`read_bgr`); outputs are
+    ``{"instances"}`` in image coordinates, on the CPU. Evaluating through it measures what
+    users get from predict.py."""
+
+    def __init__(self, cfg, model):
+        super().__init__()
+        self.model = model
+        self.predictor = TiledPredictor(cfg, model=model)
+
+    def forward(self, batched_inputs):
+        return [self.predictor(inputs["bgr"]) for inputs in batched_inputs]
 
 
 def write_png(path, image):
@@ -94,7 +104,7 @@ def save_image_outputs(path, image_bgr, results, score_threshold, output_dir):
 
 def predict_images(cfg, images, output_dir):
     """Predict every image; returns (results of all images, nuclei kept, skipped (path, why))."""
-    predict = build_predictor(cfg)
+    predict = TiledPredictor(cfg)
     all_results, nuclei, skipped = [], 0, []
     for image_id, path in enumerate(tqdm(images, desc="predicting", unit="image"), start=1):
         try:
@@ -103,7 +113,7 @@ def predict_images(cfg, images, output_dir):
             tqdm.write(f"skipped {path}: cannot read it as an image ({e})")
             skipped.append((path, str(e)))
             continue
-        results = instances_to_coco_json(predict(image), image_id)
+        results = instances_to_coco_json(predict(image)["instances"], image_id)
         for result in results:
             result["category_id"] += 1  # contiguous class -> COCO id (nucleus = 1)
             result["file_name"] = os.path.basename(path)

@@ -220,8 +220,9 @@ class TiledPredictor:
     min_image_share = 0.25
 
     def __init__(self, cfg, model=None):
-        """``model``: a built detectron2 model to use instead of building one from ``cfg`` and
-        loading ``cfg.MODEL.WEIGHTS``."""
+        """``model``: a built detectron2 model to use, in the mode it is in (e.g. the model being
+        trained, inside detectron2's ``inference_context``), instead of building one from ``cfg``
+        and loading ``cfg.MODEL.WEIGHTS``."""
         self.cfg = cfg.clone()
         self.tile_size, self.overlap, self.batch_size = (
             cfg.TEST.TILE.SIZE, cfg.TEST.TILE.OVERLAP, cfg.TEST.TILE.BATCH_SIZE)
@@ -235,9 +236,9 @@ class TiledPredictor:
         border = check_choice("TEST.TILE.BORDER", cfg.TEST.TILE.BORDER, BORDER_MARGINS)
         self.margin = int(self.overlap * BORDER_MARGINS[border])
         if model is None:
-            model = build_model(self.cfg)
+            model = build_model(self.cfg).eval()
             DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-        self.model = model.eval()
+        self.model = model
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
