@@ -5,10 +5,9 @@
     python datasets/prepare_nuclei.py labelmap IMAGES LABELS OUT [--val-fraction F] [--seed S]
 """
 import argparse
-import sys
 
+from maskrcnnpp import cli
 from maskrcnnpp.data.prepare import INTENSITY_SCALINGS, prepare_dsb2018, prepare_labelmaps
-from maskrcnnpp.errors import UserInputError
 
 
 def build_parser():
@@ -39,21 +38,17 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv):
     args = build_parser().parse_args(argv)
     options = dict(val_fraction=args.val_fraction, seed=args.seed, intensity=args.intensity,
                    overwrite=args.overwrite)
-    try:
-        if args.source == "dsb2018":
-            summary = prepare_dsb2018(args.src, args.out, **options)
-        else:
-            summary = prepare_labelmaps(args.images, args.labels, args.out, **options)
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.source == "dsb2018":
+        summary = prepare_dsb2018(args.src, args.out, **options)
+    else:
+        summary = prepare_labelmaps(args.images, args.labels, args.out, **options)
     print(summary.format())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main))

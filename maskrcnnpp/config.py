@@ -1,5 +1,19 @@
-"""Config keys that Mask R-CNN++ adds to detectron2's defaults."""
+"""Mask R-CNN++'s config: the keys it adds to detectron2's defaults, and building a config from
+a file and overrides with one clear error per mistake, checked against this machine."""
+import logging
+import os
+import re
+
+import torch
+import yaml
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+from detectron2.utils.logger import log_first_n
+
+from .data.datasets import register_config_datasets
+from .errors import UserInputError, did_you_mean
+from .machine import cuda_unavailable_reason
+from .modeling.mask_head import HybridLossMaskHead
 
 
 def add_maskrcnnpp_config(cfg):
@@ -73,3 +87,124 @@ def add_maskrcnnpp_config(cfg):
     cfg.TEST.TILE.BATCH_SIZE = 4
     # Image borders: "mirror" (U-Net: mirror-pad by OVERLAP/2) or "shift" (edge tiles moved inside).
     cfg.TEST.TILE.BORDER = "mirror"
+
+
+def config_keys(node, prefix=""):
+    """Every full key ("MODEL.RPN.NMS_THRESH") of a CfgNode, to suggest the intended one."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from config_keys(value, prefix + key + ".")
+        else:
+            yield prefix + key
+
+
+def _merge_or_explain(cfg, merge, source):
+    """Run one yacs merge, turning its KeyError/ValueError into a UserInputError that names the fix."""
+    try:
+        merge()
+    except yaml.YAMLError as e:
+        raise UserInputError(f"{source} is not valid YAML: {e}") from None
+    except (KeyError, ValueError, AssertionError) as e:
+        message = str(e).strip("'\"")
+        match = re.search(r"Non-existent (?:config )?key: (\S+)", message)
+        if not match:
+            raise UserInputError(f"{source}: {message}") from None
+        key = match.group(1)
+        raise UserInputError(
+            f"{source} sets unknown config key {key}.{did_you_mean(key, config_keys(cfg))} "
+            "Check its spelling against detectron2's and Mask R-CNN++'s keys "
+            "(maskrcnnpp/config.py)."
+        ) from None
+
+
+def build_cfg(config_file, opts=()):
+    """detectron2 config with Mask R-CNN++ keys, ``config_file`` and ``opts`` merged in.
+
+    Datasets named in ``DATASETS.COCO_NUCLEI`` are registered, and the device and precision are
+    checked against this machine (:func:`resolve_device`), so every config runs on a laptop too.
+    """
+    if not os.path.isfile(config_file):
+        raise UserInputError(
+            f"Config file {config_file} does not exist. Pass a YAML file such as "
+            "configs/maskrcnnpp_R50.yaml, or list the shipped ones with "
+            "`python -c 'import maskrcnnpp; print(maskrcnnpp.model_zoo.list_configs())'`."
+        )
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    _merge_or_explain(cfg, lambda: cfg.merge_from_file(config_file), f"Config file {config_file}")
+    _merge_or_explain(cfg, lambda: cfg.merge_from_list(list(opts)), "The command line")
+    typed = list(opts)[::2]
+    resolve_device(
+        cfg,
+        device_chosen="MODEL.DEVICE" in typed or _file_sets(config_file, "MODEL.DEVICE"),
+        amp_typed="SOLVER.AMP.ENABLED" in typed,
+    )
+    if cfg.DATALOADER.NUM_WORKERS < -1:
+        raise UserInputError(
+            f"DATALOADER.NUM_WORKERS={cfg.DATALOADER.NUM_WORKERS}: use 0 (load in the training "
+            "process), a number of worker processes, or -1 (one per CPU core, up to 8)."
+        )
+    if cfg.MODEL.ROI_MASK_HEAD.LOSS != "BCE" and cfg.MODEL.ROI_MASK_HEAD.NAME != HybridLossMaskHead.__name__:
+        raise UserInputError(
+            f"MODEL.ROI_MASK_HEAD.LOSS={cfg.MODEL.ROI_MASK_HEAD.LOSS!r} is computed by "
+            f"HybridLossMaskHead, not {cfg.MODEL.ROI_MASK_HEAD.NAME!r}: set "
+            "MODEL.ROI_MASK_HEAD.NAME HybridLossMaskHead (same layers and weights)."
+        )
+    register_config_datasets(cfg)
+    return cfg
+
+
+def _file_sets(config_file, key):
+    """Whether ``config_file`` (or a ``_BASE_`` it builds on) sets ``key`` itself."""
+    node = CN.load_yaml_with_base(config_file, allow_unsafe=True)
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def resolve_device(cfg, device_chosen, amp_typed):
+    """Check MODEL.DEVICE and SOLVER.AMP.ENABLED against this machine, in place.
+
+    A CUDA device that the user chose (command line or config file) without a usable GPU is an
+    error that says why (no GPU, or one that this torch build cannot use); detectron2's default
+    device falls back to the CPU. Mixed precision (float16 autocast) runs on CUDA only: on the CPU
+    a config file's AMP is switched off, while AMP typed on the command line is an error.
+    """
+    device = cfg.MODEL.DEVICE
+    fell_back = False
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            if device_chosen:
+                raise UserInputError(
+                    f"MODEL.DEVICE={device!r} needs a GPU, but {cuda_unavailable_reason(torch)}. "
+                    "To run on the CPU, set MODEL.DEVICE cpu."
+                )
+            cfg.MODEL.DEVICE = "cpu"
+            fell_back = True
+        elif device != "cuda":
+            index = device.partition(":")[2]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise UserInputError(
+                    f"MODEL.DEVICE={device!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                    f"cuda:0 to cuda:{torch.cuda.device_count() - 1}; use one of them or 'cuda'."
+                )
+    elif device != "cpu":
+        raise UserInputError(f"MODEL.DEVICE={device!r} is not valid; use 'cuda', 'cuda:N' or 'cpu'.")
+    amp_dropped = False
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        if amp_typed:
+            raise UserInputError(
+                "SOLVER.AMP.ENABLED True asks for mixed precision (float16 autocast), which runs on "
+                "a GPU only, and this run is on the CPU. Drop the override, or run on a GPU "
+                "(MODEL.DEVICE cuda)."
+            )
+        cfg.SOLVER.AMP.ENABLED = False
+        amp_dropped = True
+    if fell_back or amp_dropped:
+        log_first_n(
+            logging.WARNING,
+            f"{'No GPU available: running' if fell_back else 'Running'} on the CPU "
+            f"(MODEL.DEVICE cpu){' in float32 (SOLVER.AMP.ENABLED False)' if amp_dropped else ''}.",
+        )

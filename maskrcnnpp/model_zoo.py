@@ -4,6 +4,7 @@ import os
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from .config import build_cfg
 from .errors import UserInputError, did_you_mean
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -31,8 +32,6 @@ def get_config(config_path, trained=False):
     No trained weights are published yet: ``trained=True`` raises instead of silently
     returning a randomly initialised model.
     """
-    from .engine import build_cfg
-
     if trained:
         raise UserInputError(
             "No trained Mask R-CNN++ weights are published. Train one with tools/train_net.py "

@@ -8,6 +8,7 @@ import pytest
 from maskrcnnpp.data.synthetic import generate_synthetic_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))  # the tools' own functions (reports, figures)
 
 # A model and schedule small enough for a few CPU iterations in seconds, on top of the quickstart.
 TINY_TRAINING = [

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import run_tool
 
-from maskrcnnpp.engine import build_cfg, check_datasets
+from maskrcnnpp.config import build_cfg
+from maskrcnnpp.data.datasets import check_datasets
 from maskrcnnpp.errors import UserInputError
 
 QUICKSTART = "configs/quickstart_synthetic.yaml"
@@ -24,6 +25,7 @@ def error_of(*opts, config_file=QUICKSTART):
     return str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line_and_writes_nothing(tmp_path):
     output_dir = tmp_path / "out"
     result = run_tool("train_net.py", "--config-file", "configs/no_such.yaml", "OUTPUT_DIR", output_dir)
@@ -63,6 +65,7 @@ def test_unregistered_dataset():
     assert "Did you mean 'nuclei_synthetic_train'?" in message
 
 
+@pytest.mark.slow
 def test_missing_data_names_the_prepare_command(tmp_path):
     result = run_tool(
         "train_net.py", "--config-file", QUICKSTART, "DATASETS.TRAIN", "('dsb2018_train',)",
@@ -96,6 +99,7 @@ def test_malformed_coco_file(tmp_path, name, content, problem):
     assert f"Dataset '{name}': {annotations} {problem}" in message
 
 
+@pytest.mark.slow
 def test_eval_only_without_weights(tmp_path):
     result = run_tool(
         "train_net.py", "--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", "nope.pth",
@@ -108,6 +112,7 @@ def test_eval_only_without_weights(tmp_path):
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without a GPU")
 
 
+@pytest.mark.slow
 @no_gpu
 def test_a_chosen_cuda_device_without_a_gpu_says_why_and_how_to_run_on_the_cpu(tmp_path):
     result = run_tool("train_net.py", "--config-file", QUICKSTART, "MODEL.DEVICE", "cuda",
@@ -130,11 +135,12 @@ def test_the_gpu_recipe_falls_back_to_float32_on_the_cpu():
     assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == ("cpu", False)
 
 
+@pytest.mark.slow
 @no_gpu
 def test_benchmark_on_cuda_without_a_gpu_says_why(tmp_path):
     result = run_tool("benchmark.py", "--config-file", QUICKSTART, "--device", "cuda")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "--device cuda needs a GPU, but no GPU is visible here" in result.stderr
+    assert "Measuring on device 'cuda' needs a GPU, but no GPU is visible here" in result.stderr
 
 
 @pytest.mark.parametrize("opts, message", [

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 from conftest import REPO, TINY_TRAINING, run_tool
 
-from maskrcnnpp.compare import (
+from compare import (  # tools/compare.py
     ACCURACY_METRICS,
     shell_words,
     compare,
@@ -21,13 +21,13 @@ from maskrcnnpp.errors import UserInputError
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
 DENSE_QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")
-TRAIN_SCRIPT = os.path.join(REPO, "tools", "train_net.py")
 CONFIG_NAMES = ["quickstart_synthetic", "quickstart_synthetic_dense"]
 SEEDS = [0, 1]
 COLUMNS = (
     ["config", "num_seeds"]
     + [f"{key}_{stat}" for key, _, _ in ACCURACY_METRICS for stat in ("mean", "std")]
-    + ["model_params", "model_flops", "train_s_per_iter", "ms_per_image", "peak_memory_mb"]
+    + ["model_params", "model_flops", "train_s_per_iter", "ms_per_image", "peak_memory_mb",
+       "run_minutes"]
     + [f"{key}_p_value" for key, _, _ in ACCURACY_METRICS]
 )
 
@@ -49,7 +49,7 @@ def setup(tiny_nuclei, tmp_path_factory):
 @pytest.fixture(scope="module")
 def compared(setup):
     result = run_tool(
-        "compare.py", "--configs", *setup["configs"], "--output", setup["output"],
+        "compare.py", "--config-file", *setup["configs"], "--output", setup["output"],
         "--seeds", *SEEDS, "--image-size", "128", "--repeats", "2", *setup["opts"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -61,6 +61,7 @@ def run_folders(output):
     return [output / "runs" / name / f"seed{seed}" for name in CONFIG_NAMES for seed in SEEDS]
 
 
+@pytest.mark.slow
 def test_comparison_tabulates_every_config_with_its_costs(compared, setup):
     result, report = compared
     assert "run 4/4: quickstart_synthetic_dense seed 1" in result.stderr  # the progress display
@@ -72,17 +73,22 @@ def test_comparison_tabulates_every_config_with_its_costs(compared, setup):
         assert row["num_seeds"] == "2"
         assert 0 <= float(row["mask_AP_mean"]) <= 100 and float(row["mask_AP_std"]) >= 0
         for key in ("model_params", "model_flops", "train_s_per_iter", "ms_per_image",
-                    "peak_memory_mb"):
+                    "peak_memory_mb", "run_minutes"):
             assert float(row[key]) > 0, key
         assert float(row["mask_AP_mean"]) == pytest.approx(summary["mean"]["mask_AP"])
     markdown = (setup["output"] / "compare.md").read_text()
     for title in ("mask AP", "AP50", "IoU", "Dice", "DSB score", "AJI", "PQ", "infer ms/image",
-                  " ± ", "Paired t-test against quickstart_synthetic", "compare.png"):
+                  " ± ", "Paired t-test against quickstart_synthetic", "compare.png",
+                  "Per image type (mean over seeds)"):
         assert title in markdown, title
+    # the tiny set's types, each with its own metrics (the synthetic images are of two types)
+    types = {kind for row in report["results"] for kind in row["mean_by_type"]}
+    assert types and types <= {"fluorescence", "he_stained"}
     png = (setup["output"] / "compare.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
 
+@pytest.mark.slow
 def test_per_seed_results_are_the_evaluator_files_and_feed_the_t_test(compared, setup):
     _, report = compared
     for row in report["results"]:
@@ -92,6 +98,8 @@ def test_per_seed_results_are_the_evaluator_files_and_feed_the_t_test(compared, 
             final = json.loads(metrics_file.read_text())
             assert run["metrics"]["mask_AP"] == final["mask_AP"]
             assert run["train_s_per_iter"] > 0 and run["loss_curve"] and run["eval_curve"]
+            assert run["wall_seconds"] > 0
+            assert run["metrics_by_type"].keys() == final["by_type"].keys()
         assert row["per_seed"]["aji"] == [run["metrics"]["aji"] for run in row["runs"]]
     baseline, dense = report["results"]
     assert report["paired_t_test"]["available"] and "paired_t_test" not in baseline
@@ -102,15 +110,14 @@ def test_per_seed_results_are_the_evaluator_files_and_feed_the_t_test(compared, 
     assert test["p"] == (None if np.isnan(expected) else pytest.approx(expected))
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_finished_runs(compared, setup, capsys):
     before = {
         folder: (os.path.getmtime(folder / "model_final.pth"), (folder / "train.log").read_text())
         for folder in run_folders(setup["output"])
     }
-    report = compare(
-        setup["configs"], setup["output"], SEEDS, setup["opts"], train_script=TRAIN_SCRIPT,
-        image_size=128, repeats=1,
-    )
+    report = compare(setup["configs"], setup["output"], SEEDS, setup["opts"], image_size=128,
+                     repeats=1)
     assert capsys.readouterr().out.count("finished earlier, reused") == 4
     after = {
         folder: (os.path.getmtime(folder / "model_final.pth"), (folder / "train.log").read_text())
@@ -120,6 +127,7 @@ def test_a_rerun_reuses_the_finished_runs(compared, setup, capsys):
     assert report["results"][1]["per_seed"] == compared[1]["results"][1]["per_seed"]
 
 
+@pytest.mark.slow
 def test_runs_made_with_other_overrides_are_not_reused(compared, setup):
     with pytest.raises(UserInputError, match="SOLVER.BASE_LR was 0.02, now 0.01.*another --output"):
         plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SOLVER.BASE_LR", "0.01"],

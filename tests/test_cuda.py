@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import REPO, TINY_TRAINING, run_tool
 
-from maskrcnnpp.engine import build_cfg
+from maskrcnnpp.config import build_cfg
 from detectron2.modeling import build_backbone
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
 
 QUICKSTART = "configs/quickstart_synthetic.yaml"
 DENSE = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")

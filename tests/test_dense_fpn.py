@@ -291,15 +291,21 @@ def test_shipped_configs_build_with_resnet50(config):
     assert [f.shape[1] for f in features.values()] == [256] * 5
 
 
+@pytest.mark.slow
 def test_default_predictor_runs_the_dense_config():
     cfg = make_cfg("maskrcnnpp_R50.yaml", tiny=False)
     cfg.merge_from_list(
-        ["INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 128, "TEST.DETECTIONS_PER_IMAGE", 10]
+        ["INPUT.MIN_SIZE_TEST", 128, "INPUT.MAX_SIZE_TEST", 128, "TEST.DETECTIONS_PER_IMAGE", 10,
+         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0]
     )
     image = np.random.default_rng(0).integers(0, 255, (100, 120, 3), dtype=np.uint8)
     instances = DefaultPredictor(cfg)(image)["instances"]
-    assert instances.image_size == (100, 120)
-    assert len(instances) <= 10
+    # Resized to 128 for the model, mapped back to the 100x120 input: full-size masks, boxes in it.
+    assert instances.image_size == (100, 120) and len(instances) == 10
+    assert tuple(instances.pred_masks.shape) == (10, 100, 120)
+    boxes = instances.pred_boxes.tensor
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 120).all() and (boxes[:, 3] <= 100).all()
+    assert torch.equal(instances.scores, instances.scores.sort(descending=True).values)
 
 
 # --- training and deep supervision ---------------------------------------------------------------
@@ -319,6 +325,7 @@ def train_losses(model, batch, iterations, lr=0.01):
     return history
 
 
+@pytest.mark.slow
 def test_a_few_training_iterations_lower_the_loss():
     torch.manual_seed(0)
     model = build_model(make_cfg())

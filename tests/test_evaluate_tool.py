@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maskrcnnpp import cli
 from maskrcnnpp.data.coco_io import coco_dict, encode_mask, labelmap_to_annotations
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "evaluate.py"
@@ -114,7 +115,7 @@ def bad_prediction(predictions, **change):
 )
 def test_bad_input_is_one_clear_error(files, capsys, make_pred, message):
     gt, predictions, tmp_path = files
-    assert evaluate_tool.main(["--gt", gt, "--pred", make_pred(tmp_path, predictions)]) == 2
+    assert cli.run(evaluate_tool.main, ["--gt", gt, "--pred", make_pred(tmp_path, predictions)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert re.search(message, err)
@@ -123,10 +124,11 @@ def test_bad_input_is_one_clear_error(files, capsys, make_pred, message):
 def test_bad_ground_truth_is_one_clear_error(tmp_path, capsys):
     pred = write_json(tmp_path / "pred.json", [])
     gt = write_json(tmp_path / "gt.json", {"images": []})
-    assert evaluate_tool.main(["--gt", gt, "--pred", pred]) == 2
+    assert cli.run(evaluate_tool.main, ["--gt", gt, "--pred", pred]) == 2
     assert "not a COCO instance file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_command_line_exits_2_with_the_message(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TOOL.parents[1])}
     result = subprocess.run(

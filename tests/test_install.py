@@ -39,6 +39,7 @@ def test_torchvision_series_follows_the_torch_release(torch_version, series):
     assert matching_torchvision(torch_version) == series
 
 
+@pytest.mark.slow
 def test_the_installed_pair_works_and_is_described():
     result = run([sys.executable, CHECK_TORCH])
     assert result.returncode == WORKS, result.stdout
@@ -47,6 +48,7 @@ def test_the_installed_pair_works_and_is_described():
     assert result.stdout.strip().endswith(f"nms runs on {devices}")
 
 
+@pytest.mark.slow
 def test_a_torchvision_that_does_not_import_is_reported(tmp_path):
     stubs = stub_module(tmp_path, "torchvision", "raise ImportError('built for another torch')")
     result = run([sys.executable, CHECK_TORCH], stubs)
@@ -54,6 +56,7 @@ def test_a_torchvision_that_does_not_import_is_reported(tmp_path):
     assert "torchvision: does not import (built for another torch)" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_torch_older_than_the_minimum_is_reported(tmp_path):
     stubs = stub_module(tmp_path, "torch", "__version__ = '1.13.1'\nclass version:\n    cuda = None\n")
     result = run([sys.executable, CHECK_TORCH], stubs)
@@ -92,6 +95,7 @@ def test_installer_keeps_a_working_torch_that_is_not_the_pinned_one_and_needs_no
     assert result.stdout.rstrip().endswith("[install] done")
 
 
+@pytest.mark.slow
 def test_installer_installs_torchvision_for_the_kept_torch_and_explains_a_failure(tmp_path):
     stubs = stub_module(tmp_path / "stubs", "torchvision", "raise ImportError('broken build')")
     empty = tmp_path / "wheels"

@@ -41,6 +41,7 @@ def test_get_builds_the_dense_model_on_cpu():
         model_zoo.get("maskrcnnpp_R50.yaml", trained=True)
 
 
+@pytest.mark.slow
 def test_works_from_a_non_editable_install_in_another_directory(tmp_path):
     """The configs ship as package data: a wheel installed elsewhere finds them from any cwd."""
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "cwd"

@@ -11,7 +11,9 @@ from detectron2.modeling import build_model
 
 from maskrcnnpp.data.coco_io import write_rgb_png
 from maskrcnnpp.data.synthetic import render_scene
-from maskrcnnpp.engine import build_cfg
+from maskrcnnpp.config import build_cfg
+
+pytestmark = pytest.mark.slow  # runs the tool or builds several models
 
 QUICKSTART = f"{REPO}/configs/quickstart_synthetic.yaml"
 # (file, height, width): the second is larger than a tile (TEST.TILE.SIZE below), so it is tiled.

@@ -10,6 +10,7 @@ import pycocotools.mask as mask_util
 import pytest
 from PIL import Image
 
+from maskrcnnpp import cli
 from maskrcnnpp.data.image_types import image_type
 from maskrcnnpp.data.prepare import is_validation, prepare_dsb2018, prepare_labelmaps
 from maskrcnnpp.errors import UserInputError
@@ -242,7 +243,11 @@ def test_bad_label_maps_are_user_errors(tmp_path, make_bad, message):
 
 
 def test_cli_prints_the_summary_and_turns_user_errors_into_exit_code_2(tmp_path, capsys):
-    main = runpy.run_path(str(REPO / "datasets" / "prepare_nuclei.py"))["main"]
+    tool = runpy.run_path(str(REPO / "datasets" / "prepare_nuclei.py"))["main"]
+
+    def main(argv):
+        return cli.run(tool, argv)
+
     write_dsb_image(tmp_path / "src", "a", gray(), [disc(5, 5, 3)])
     assert main(["dsb2018", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
     assert "1 images (" in capsys.readouterr().out

@@ -104,6 +104,7 @@ def border_disc_ids(labels):
     return set(np.unique(edges)) - {0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("border", ["mirror", "shift"])
 def test_large_image_finds_each_disc_once_with_its_full_mask(border):
     model = DiscDetector()
@@ -120,6 +121,7 @@ def test_large_image_finds_each_disc_once_with_its_full_mask(border):
     assert max(model.batch_sizes) == 3 and sum(model.batch_sizes) == 25  # 5 x 5 tiles, 3 per call
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("border", ["mirror", "shift"])
 def test_box_jitter_between_tiles_neither_duplicates_nor_loses_discs(border):
     predictor = TiledPredictor(tiling_cfg(border=border), DiscDetector(box_bias=2.0))
@@ -130,6 +132,7 @@ def test_box_jitter_between_tiles_neither_duplicates_nor_loses_discs(border):
     assert len(predictor(as_image(labels))["instances"]) < labels.max()
 
 
+@pytest.mark.slow
 def test_mirror_keeps_discs_cut_by_the_border_and_drops_their_twins_in_the_padding():
     predictor = TiledPredictor(tiling_cfg(), DiscDetector(box_bias=2.0))
     labels = seam_discs(predictor, 2048, 2048, seed=1)

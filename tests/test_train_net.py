@@ -5,7 +5,8 @@ import os
 import pytest
 from conftest import TINY_TRAINING, run_tool
 
-from maskrcnnpp.engine import build_cfg, data_loader_workers
+from maskrcnnpp.config import build_cfg
+from maskrcnnpp.training import data_loader_workers
 
 QUICKSTART = "configs/quickstart_synthetic.yaml"
 
@@ -27,6 +28,7 @@ def trained(tiny_nuclei, tmp_path_factory):
     return output_dir, result
 
 
+@pytest.mark.slow
 def test_training_writes_checkpoints_metrics_and_segm_ap(trained):
     output_dir, result = trained
     for name in ("model_0000001.pth", "model_final.pth", "last_checkpoint", "config.yaml"):
@@ -40,6 +42,7 @@ def test_training_writes_checkpoints_metrics_and_segm_ap(trained):
     assert "copypaste: Task: segm" in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_iteration(trained, tiny_nuclei):
     output_dir, _ = trained
     result = run_tool(
@@ -52,6 +55,7 @@ def test_resume_continues_from_the_saved_iteration(trained, tiny_nuclei):
     assert iterations == [2, 4]
 
 
+@pytest.mark.slow
 def test_eval_only_reports_segm_ap(trained, tiny_nuclei, tmp_path):
     output_dir, _ = trained
     result = run_tool(
@@ -64,6 +68,7 @@ def test_eval_only_reports_segm_ap(trained, tiny_nuclei, tmp_path):
     assert os.path.isfile(tmp_path / "inference" / "tiny_nuclei" / "coco_instances_results.json")
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_with_gloo(tiny_nuclei, tmp_path):
     result = run_tool(
         "train_net.py", "--config-file", QUICKSTART, "--num-gpus", "2", "--dist-url", "auto",

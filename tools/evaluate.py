@@ -10,12 +10,11 @@ DIR/metrics.json and DIR/per_image.csv.
 
 import argparse
 import os
-import sys
 
 from detectron2.config import get_cfg
 
+from maskrcnnpp import cli
 from maskrcnnpp.config import add_maskrcnnpp_config
-from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.evaluation import (
     evaluate_coco_predictions,
     format_summary,
@@ -56,17 +55,13 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv):
     args = parse_args(argv)
-    try:
-        coco_gt = load_coco_gt(args.gt)
-        predictions = load_coco_results(args.pred)
-        summary, rows, _ = evaluate_coco_predictions(
-            coco_gt, predictions, args.score_threshold, args.max_dets
-        )
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    coco_gt = load_coco_gt(args.gt)
+    predictions = load_coco_results(args.pred)
+    summary, rows, _ = evaluate_coco_predictions(
+        coco_gt, predictions, args.score_threshold, args.max_dets
+    )
     print(format_summary(summary))
     if args.out:
         save_evaluation(
@@ -80,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main))

@@ -15,12 +15,25 @@ reported and skipped; the exit code is then 1.
 
 import argparse
 import os
-import sys
 
-import maskrcnnpp  # noqa: F401  (registers datasets and models)
-from maskrcnnpp.engine import build_cfg, parse_with_overrides
+import cv2
+import numpy as np
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.visualizer import Visualizer
+from tqdm import tqdm
+
+from maskrcnnpp import cli
+from maskrcnnpp.config import build_cfg
+from maskrcnnpp.data.datasets import category_ids
+from maskrcnnpp.data.images import IMAGE_EXTENSIONS
 from maskrcnnpp.errors import UserInputError
-from maskrcnnpp.inference.predict import RESULTS_FILE, list_images, predict_images
+from maskrcnnpp.evaluation import instances_to_labelmap
+from maskrcnnpp.evaluation.nuclei_evaluation import LazyRLEMasks
+from maskrcnnpp.inference import TiledPredictor
+from maskrcnnpp.inference.predict import coco_results
+from maskrcnnpp.io_utils import atomic_path, write_json
+
+RESULTS_FILE = "coco_instances_results.json"
 
 
 def parse_args(argv):
@@ -31,19 +44,95 @@ def parse_args(argv):
     parser.add_argument("--weights", required=True, help="trained checkpoint (model_final.pth)")
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_DIR")
     parser.add_argument("--output", required=True, metavar="DIR")
-    return parse_with_overrides(parser, argv)
+    return cli.parse_with_overrides(parser, argv)
 
 
-def main(argv=None):
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        if not os.path.isfile(args.weights):
-            raise UserInputError(f"--weights {args.weights} is not a file; pass model_final.pth.")
-        cfg = build_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
-        images = list_images(args.input)
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def list_images(inputs):
+    """Image files named on the command line or found (sorted) in the folders named there."""
+    images = []
+    for path in inputs:
+        if os.path.isdir(path):
+            images += sorted(
+                os.path.join(path, name) for name in os.listdir(path)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif os.path.isfile(path):
+            images.append(path)
+        else:
+            raise UserInputError(f"--input {path} is neither an image file nor a folder.")
+    if not images:
+        raise UserInputError(
+            f"--input {' '.join(inputs)} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
+        )
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in images]
+    repeated = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if repeated:
+        raise UserInputError(
+            f"Several inputs are named {repeated[0]!r}; their outputs would overwrite each other. "
+            "Predict them into different --output folders."
+        )
+    return images
+
+
+def write_png(path, image):
+    """Write an array as PNG atomically: HxWx3 RGB, or HxW (16-bit for label maps)."""
+    if image.ndim == 3:
+        image = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"could not encode {path} as PNG")
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(encoded.tobytes())
+
+
+def save_image_outputs(path, image_bgr, results, score_threshold, output_dir):
+    """The overlay and the label map of one image, from its predictions above the threshold."""
+    kept = [result for result in results if result["score"] >= score_threshold]
+    rles = [result["segmentation"] for result in kept]
+    labels = instances_to_labelmap(
+        LazyRLEMasks(rles), image_bgr.shape[:2], scores=[r["score"] for r in kept]
+    )
+    if labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{len(kept)} nuclei do not fit a 16-bit label map")
+    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+    write_png(stem + "_labels.png", labels.astype(np.uint16))
+    overlay = Visualizer(image_bgr[:, :, ::-1]).overlay_instances(masks=rles)
+    write_png(stem + "_overlay.png", overlay.get_image())
+    return len(kept)
+
+
+def predict_images(cfg, images, output_dir):
+    """Predict every image; returns (results of all images, nuclei kept, skipped (path, why))."""
+    predict = TiledPredictor(cfg)
+    ids = category_ids(cfg.DATASETS.TRAIN[0])
+    all_results, nuclei, skipped = [], 0, []
+    for image_id, path in enumerate(tqdm(images, desc="predicting", unit="image"), start=1):
+        try:
+            image = read_image(path, format="BGR")
+        except (OSError, ValueError) as e:
+            tqdm.write(f"skipped {path}: cannot read it as an image ({e})")
+            skipped.append((path, str(e)))
+            continue
+        results = coco_results(predict(image)["instances"], image_id, path, ids)
+        try:
+            nuclei += save_image_outputs(
+                path, image, results, cfg.TEST.NUCLEI.SCORE_THRESHOLD, output_dir
+            )
+        except ValueError as e:
+            tqdm.write(f"skipped {path}: {e}")
+            skipped.append((path, str(e)))
+            continue
+        all_results += results
+    write_json(all_results, os.path.join(output_dir, RESULTS_FILE))
+    return all_results, nuclei, skipped
+
+
+def main(argv):
+    args = parse_args(argv)
+    if not os.path.isfile(args.weights):
+        raise UserInputError(f"--weights {args.weights} is not a file; pass model_final.pth.")
+    cfg = build_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
+    images = list_images(args.input)
     os.makedirs(args.output, exist_ok=True)
     results, nuclei, skipped = predict_images(cfg, images, args.output)
     print(
@@ -58,4 +147,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(cli.run(main))

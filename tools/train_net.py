@@ -7,7 +7,6 @@
     python tools/train_net.py --config-file CFG --num-gpus 8        # NCCL on GPUs, gloo processes on CPU
 """
 import os
-import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -15,9 +14,11 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-import maskrcnnpp  # noqa: F401  (registers datasets and models)
-from maskrcnnpp.engine import Trainer, build_cfg, check_datasets
+from maskrcnnpp import cli
+from maskrcnnpp.config import build_cfg
+from maskrcnnpp.data.datasets import check_datasets
 from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.training import Trainer, enable_cpu_ddp
 
 
 def setup(args):
@@ -28,7 +29,9 @@ def setup(args):
     return cfg
 
 
-def main(args):
+def train_or_evaluate(args):
+    """What each launched process runs."""
+    enable_cpu_ddp()
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -45,6 +48,8 @@ def main(args):
 
 def check_inputs(args):
     """Everything a run needs, checked before any process starts or any file is written."""
+    if not args.config_file:
+        raise UserInputError("--config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
     cfg = build_cfg(args.config_file, args.opts)
     check_datasets(cfg, cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
     if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
@@ -54,20 +59,19 @@ def check_inputs(args):
         )
 
 
-if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    if not args.config_file:
-        sys.exit("error: --config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
-    try:
-        check_inputs(args)
-    except UserInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+def main(argv):
+    args = default_argument_parser().parse_args(argv)
+    check_inputs(args)
     launch(
-        main,
+        train_or_evaluate,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
     )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli.run(main))

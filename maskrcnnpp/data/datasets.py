@@ -5,7 +5,8 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..errors import UserInputError
+from ..errors import UserInputError, did_you_mean
+from .coco_io import NUCLEUS_CATEGORIES
 from .synthetic import generate_synthetic_dataset
 
 # split -> (number of images, seed); image i of a split depends only on (seed, i).
@@ -95,3 +96,53 @@ def register_all_nuclei(root):
             os.path.join(dsb_root, "images"),
             how_to_create="Prepare it with: " + DSB2018_PREPARE.format(root=dsb_root),
         )
+
+
+def register_config_datasets(cfg):
+    """Register each ``[name, json_file, image_root]`` of DATASETS.COCO_NUCLEI (once per process)."""
+    for entry in cfg.DATASETS.COCO_NUCLEI:
+        if len(entry) != 3:
+            raise UserInputError(
+                f"DATASETS.COCO_NUCLEI entry {list(entry)} must be [name, json_file, image_root]."
+            )
+        name, json_file, image_root = entry
+        if name in DatasetCatalog.list():
+            if MetadataCatalog.get(name).get("json_file") == json_file:
+                continue
+            raise UserInputError(
+                f"Dataset name {name!r} in DATASETS.COCO_NUCLEI is already registered; pick another name."
+            )
+        register_nuclei_coco(name, json_file, image_root)
+
+
+def check_datasets(cfg, names):
+    """Fail early, in the launching process, if a dataset is unknown, missing or malformed.
+
+    Loading each dataset once also generates the synthetic set before workers start.
+    """
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            nuclei = sorted(n for n in registered if "nuclei" in n or "dsb" in n)
+            raise UserInputError(
+                f"Dataset {name!r} is not registered.{did_you_mean(name, registered)} "
+                f"Built-in nuclei datasets: {nuclei}. Register your own COCO set with "
+                "DATASETS.COCO_NUCLEI \"[['NAME', 'path/to/annotations.json', 'path/to/images']]\"."
+            )
+        if not DatasetCatalog.get(name):
+            raise UserInputError(f"Dataset {name!r} holds no images.")
+
+
+def category_ids(dataset_name):
+    """The COCO category id of each class index the models predict, as load_coco_json maps them
+    (the dataset's category ids, sorted); the nucleus category alone where the dataset has no
+    COCO file on this machine (e.g. predicting with weights trained elsewhere)."""
+    metadata = MetadataCatalog.get(dataset_name)
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id")
+    if mapping:
+        return [dataset_id for dataset_id, _ in sorted(mapping.items(), key=lambda item: item[1])]
+    json_file = metadata.get("json_file")
+    if json_file and os.path.isfile(json_file):
+        with open(json_file) as f:
+            return sorted(category["id"] for category in json.load(f)["categories"])
+    return [category["id"] for category in NUCLEUS_CATEGORIES]

@@ -27,11 +27,11 @@ from ..errors import UserInputError, check_choice
 from ..io_utils import atomic_directory, write_json
 from .coco_io import coco_dict, write_sample
 from .image_types import IMAGE_TYPES
+from .images import IMAGE_EXTENSIONS
 
 # How images deeper than 8 bits become 8-bit: the (low, high) percentiles of the image's own
 # pixels (all channels together, so colours keep their balance) are stretched to 0..255.
 INTENSITY_SCALINGS = {"percentile": (0.1, 99.9), "minmax": (0.0, 100.0)}
-IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 MAX_WARNINGS_SHOWN = 20
 

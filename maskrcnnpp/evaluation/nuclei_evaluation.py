@@ -25,6 +25,7 @@ from pycocotools.coco import COCO
 from tabulate import tabulate
 from tqdm import tqdm
 
+from ..data.datasets import category_ids
 from ..data.image_types import IMAGE_TYPES, UNKNOWN
 from ..errors import UserInputError
 from ..io_utils import write_csv, write_json
@@ -393,9 +394,9 @@ class NucleiEvaluator(COCOEvaluator):
         super().__init__(dataset_name, tasks=("bbox",), distributed=distributed,
                          output_dir=output_dir, max_dets_per_image=max_dets)
         if not self._metadata.get("thing_dataset_id_to_contiguous_id"):
-            # set by load_coco_json when the dataset is loaded; the same sorted order if it is not
+            # set by load_coco_json when the dataset is loaded; the same mapping if it is not
             self._metadata.thing_dataset_id_to_contiguous_id = {
-                category_id: index for index, category_id in enumerate(sorted(self._coco_api.getCatIds()))
+                category_id: index for index, category_id in enumerate(category_ids(dataset_name))
             }
         self._score_threshold = score_threshold
         self._max_dets = max_dets

@@ -13,17 +13,12 @@ cost grows with it. A config without ``MODEL.WEIGHTS`` is therefore measured wit
 = ``detections``); a config with weights keeps its own test settings, as a user would run it.
 The detections actually kept are reported either way.
 
-Memory: the peak above what was allocated before one call (activations and workspace, not the
-weights), on CUDA from ``torch.cuda.max_memory_allocated``; on the CPU from the growth of the
-peak resident set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), after glibc
-is told to give freed blocks back to the system so that memory cached from earlier calls does
-not hide the growth. It is measured after all timings, because that setting slows allocation.
+Memory: the peak above what was allocated before one call (:mod:`.memory`), measured after all
+timings.
 """
 
 import contextlib
 import copy
-import ctypes
-import gc
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,34 +30,17 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
-from tabulate import tabulate
-from tqdm import tqdm
 
-from .data.synthetic import render_scene
-from .engine import build_cfg, parse_config_spec
-from .errors import UserInputError, check_choice
-from .io_utils import write_json
-from .machine import cuda_unavailable_reason
-from .machine import describe as describe_machine
-from .modeling.cost import measure_cost
+from ..data.synthetic import render_scene
+from ..errors import UserInputError, check_choice
+from ..machine import cuda_unavailable_reason
+from ..machine import describe as describe_machine
+from .cost import measure_cost
+from .memory import MEMORY_METHODS, peak_memory_meter
 
-__all__ = [
-    "BenchmarkSettings",
-    "benchmark",
-    "benchmark_config_files",
-    "check_report_path",
-    "format_benchmark",
-    "write_benchmark",
-]
+__all__ = ["BenchmarkSettings", "benchmark", "benchmark_cfg", "synthetic_batch", "RATIO_KEYS"]
 
 SCENE_SEED = 2018  # scene i of every benchmark is render_scene(default_rng([SCENE_SEED, i]))
-
-MEMORY_METHODS = {
-    "cuda": "CUDA: torch.cuda.max_memory_allocated during one call, minus the memory allocated "
-    "before it (weights excluded)",
-    "cpu": "CPU: growth of the peak resident set size (Linux VmHWM, reset before the call) over "
-    "the resident size before it, with glibc returning freed blocks to the system",
-}
 
 # Measured numbers also given as a ratio to the first config.
 RATIO_KEYS = (
@@ -75,22 +53,6 @@ RATIO_KEYS = (
     "peak_memory_mb",
     "train_peak_memory_mb",
 )
-
-# (key, column title, format) of the printed table.
-TABLE_COLUMNS = (
-    ("model_params", "params (M)", lambda v: f"{v / 1e6:.2f}"),
-    ("model_flops", "GFLOPs", lambda v: f"{v / 1e9:.1f}"),
-    ("detections_per_image", "detections", lambda v: f"{v:.0f}"),
-    ("latency_ms", "ms/batch median [p25, p75]",
-     lambda v: f"{v['median']:.1f} [{v['p25']:.1f}, {v['p75']:.1f}]"),
-    ("ms_per_image", "ms/image", lambda v: f"{v:.1f}"),
-    ("images_per_s", "images/s", lambda v: f"{v:.2f}"),
-    ("train_step_s", "train s/step", lambda v: f"{v:.3f}"),
-    ("train_images_per_s", "train images/s", lambda v: f"{v:.2f}"),
-    ("peak_memory_mb", "infer peak MB", lambda v: f"{v:.0f}"),
-    ("train_peak_memory_mb", "train peak MB", lambda v: f"{v:.0f}"),
-)
-
 
 # Device -> (warmup, repeats, train_repeats) where not given. On a 2-core CPU, two R50 configs
 # at 512 px take about 9 s per inference and 22 s per training step; GPU timings are short and
@@ -121,20 +83,19 @@ class BenchmarkSettings:
         check_choice("device", self.device, ("cpu", "cuda"))
         if self.device == "cuda" and not torch.cuda.is_available():
             raise UserInputError(
-                f"--device cuda needs a GPU, but {cuda_unavailable_reason(torch)}. "
-                "Measure on the CPU with --device cpu."
+                f"Measuring on device 'cuda' needs a GPU, but {cuda_unavailable_reason(torch)}. "
+                "Measure on the CPU (device 'cpu')."
             )
         if self.amp and self.device != "cuda":
             raise UserInputError(
-                "--amp measures float16 autocast, which runs on a GPU only; add --device cuda "
-                "(or drop --amp on the CPU)."
+                "amp measures float16 autocast, which runs on a GPU only: measure on device "
+                "'cuda', or without amp on the CPU."
             )
         for name, minimum in (("image_size", 32), ("batch_size", 1), ("warmup", 0),
                               ("repeats", 1), ("train_repeats", 0), ("detections", 1)):
             value = getattr(self, name)
             if value < minimum:
-                option = "--" + name.replace("_", "-")
-                raise UserInputError(f"{option} {value} is too small; use at least {minimum}.")
+                raise UserInputError(f"{name}={value} is too small; use at least {minimum}.")
 
 
 @dataclass
@@ -238,64 +199,6 @@ def _spread(seconds):
     }
 
 
-def _status_kib(field_name):
-    """A memory figure of this process from /proc/self/status, in KiB."""
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field_name + ":"))
-    return int(line.split()[1])
-
-
-CLEAR_PEAK_RSS = "/proc/self/clear_refs"  # writing "5" resets VmHWM to the current resident size
-# glibc mallopt: blocks above M_MMAP_THRESHOLD are mmapped, so freeing them unmaps them at once.
-M_MMAP_THRESHOLD = -3
-EAGER_RETURN_BYTES = 128 * 1024
-AFTERWARDS_BYTES = 32 * 2**20  # glibc's own ceiling for the threshold on 64-bit systems
-
-
-def _cpu_peak_growth_mb(libc, call):
-    gc.collect()
-    libc.malloc_trim(0)
-    before = _status_kib("VmRSS")
-    with open(CLEAR_PEAK_RSS, "w") as f:
-        f.write("5")
-    call()
-    return (_status_kib("VmHWM") - before) / 1024
-
-
-def _cuda_peak_growth_mb(call):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    call()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
-@contextlib.contextmanager
-def _peak_memory_meter(device):
-    """Yield a function giving the peak memory growth (MB) of a call, or None where unsupported.
-
-    On the CPU, glibc returns freed blocks to the system while the meter is in use; afterwards
-    its threshold is left at glibc's usual ceiling, so allocation stays fast.
-    """
-    if device == "cuda":
-        yield _cuda_peak_growth_mb
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        usable = os.access(CLEAR_PEAK_RSS, os.W_OK)
-    except OSError:  # not glibc
-        usable = False
-    if not usable:
-        yield None
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, EAGER_RETURN_BYTES)
-    try:
-        yield lambda call: _cpu_peak_growth_mb(libc, call)
-    finally:
-        libc.mallopt(M_MMAP_THRESHOLD, AFTERWARDS_BYTES)
-
-
 def _infer(subject, settings):
     with torch.no_grad(), _autocast(settings):
         return subject.model(subject.inputs)
@@ -375,12 +278,14 @@ def _add_ratios(results):
             result[f"{key}_ratio"] = result[key] / reference[key] if valid else None
 
 
-def benchmark(named_cfgs, settings):
+def benchmark(named_cfgs, settings, progress=None):
     """Measure configs interleaved; returns the report (settings, machine, one result per config).
 
     Args:
         named_cfgs (list[tuple[str, CfgNode]]): (name, config) pairs; ratios refer to the first.
         settings (BenchmarkSettings): how to measure.
+        progress: a tqdm-like object told about each call (``reset(total)``, ``update()``,
+            ``set_postfix_str(phase)``), or None.
     """
     settings.check()
     if settings.device == "cuda":
@@ -393,7 +298,8 @@ def benchmark(named_cfgs, settings):
         1 + settings.warmup + settings.repeats + 1  # FLOPs, warm-up, timing, memory
         + (settings.warmup + settings.train_repeats + 1 if trains else 0)
     )
-    progress = tqdm(total=calls_per_config * len(named_cfgs), desc="benchmark", unit="call")
+    progress = _NoProgress() if progress is None else progress
+    progress.reset(total=calls_per_config * len(named_cfgs))
     subjects, costs = [], {}
     for name, cfg in named_cfgs:
         progress.set_postfix_str(f"FLOPs: {name}")
@@ -417,7 +323,7 @@ def benchmark(named_cfgs, settings):
                      lambda s: _measure_training(s, settings))
 
     results = []
-    with _peak_memory_meter(settings.device) as memory_meter:
+    with peak_memory_meter(settings.device) as memory_meter:
         for subject in subjects:
             progress.set_postfix_str(f"memory: {subject.name}")
             peak, train_peak = None, None
@@ -429,7 +335,6 @@ def benchmark(named_cfgs, settings):
             results.append(_result(subject, settings, costs[subject.name], peak, train_peak))
     memory_method = MEMORY_METHODS[settings.device] if memory_meter else (
         "not measured: needs Linux with glibc on the CPU")
-    progress.close()
     _add_ratios(results)
     return {
         "settings": asdict(settings),
@@ -439,48 +344,14 @@ def benchmark(named_cfgs, settings):
     }
 
 
-def benchmark_config_files(config_files, opts=(), settings=BenchmarkSettings()):
-    """:func:`benchmark` of config files (or variants ``path.yaml+KEY=VALUE``), each named by its
-    file name, ``opts`` applied to all."""
-    named = []
-    for spec in config_files:
-        path, variant_opts = parse_config_spec(spec)
-        named.append((os.path.basename(spec), build_cfg(path, [*opts, *variant_opts])))
-    names = [name for name, _ in named]
-    if len(set(names)) < len(names):  # same file name in two folders: name them by path
-        named = [(path, cfg) for path, (_, cfg) in zip(config_files, named)]
-    return benchmark(named, settings)
+class _NoProgress:
+    """Stands in for a progress bar when the caller shows none."""
 
+    def reset(self, total):
+        pass
 
-def format_benchmark(report):
-    """The report as a Markdown table, with ratios to the first config."""
-    headers = ["config"] + [title for _, title, _ in TABLE_COLUMNS] + ["ratios to first"]
-    rows = []
-    for result in report["results"]:
-        cells = [result["config"]]
-        cells += ["n/a" if result[key] is None else show(result[key])
-                  for key, _, show in TABLE_COLUMNS]
-        ratios = [f"{key.replace('_', ' ')} {result[key + '_ratio']:.2f}x"
-                  for key in ("ms_per_image", "train_step_s", "model_flops", "peak_memory_mb")
-                  if result[key + "_ratio"] is not None]
-        rows.append(cells + [", ".join(ratios)])
-    settings = report["settings"]
-    title = (
-        f"{settings['image_size']}x{settings['image_size']} px, batch {settings['batch_size']}, "
-        f"{report['machine']['device']}{' AMP' if settings['amp'] else ''}; medians of "
-        f"{settings['repeats']} inference calls and {settings['train_repeats']} training steps "
-        f"after {settings['warmup']} warm-up, measured interleaved. Memory: "
-        f"{report['memory_method']}."
-    )
-    return title + "\n\n" + tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+    def update(self, n=1):
+        pass
 
-
-def check_report_path(path):
-    """Raise unless ``path`` names a JSON file (before minutes of measuring)."""
-    if not path.endswith(".json"):
-        raise UserInputError(f"--out {path}: the benchmark is written as JSON; name it *.json.")
-
-
-def write_benchmark(report, path):
-    check_report_path(path)
-    write_json(report, path, indent=2)
+    def set_postfix_str(self, text):
+        pass

@@ -1,12 +1,17 @@
-"""tools/neck_report.py and maskrcnnpp.modeling.cost on tiny ResNet-18 configs at 64x64."""
+"""tools/benchmark.py --flops-only and maskrcnnpp.analysis.cost on tiny ResNet-18 configs at 64x64:
+what a neck costs, as ratios to FPN."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+import benchmark  # tools/benchmark.py
 import pytest
 
-from maskrcnnpp.modeling.cost import cost_table, write_cost_table
+from maskrcnnpp import cli
+from maskrcnnpp.analysis.cost import cost_rows
+from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark_cfg
+
+pytestmark = pytest.mark.slow  # runs the tool or builds several models
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = """
@@ -18,18 +23,7 @@ MODEL:
   ROI_BOX_HEAD: {{NUM_CONV: 0, FC_DIM: 128}}
   ROI_MASK_HEAD: {{NUM_CONV: 1, CONV_DIM: 64}}
   DEVICE: "cpu"
-TEST: {{DETECTIONS_PER_IMAGE: 10}}
 """
-
-
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("neck_report", REPO / "tools" / "neck_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-neck_report = _load_cli()
 
 
 def tiny_config(tmp_path, name, base, dense="INFERENCE_DEPTH: 0"):
@@ -54,12 +48,12 @@ def configs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rows(configs):
-    return cost_table(
-        [configs["dense"], configs["pruned"], configs["ours_fpn"]], size=64, baseline=configs["fpn"]
-    )
+    settings = BenchmarkSettings(image_size=64, detections=10)
+    named = benchmark.named_configs([configs[k] for k in ("fpn", "dense", "pruned", "ours_fpn")], [])
+    return cost_rows([(name, benchmark_cfg(cfg, settings)) for name, cfg in named], 64)
 
 
-def test_costs_and_ratios_to_the_baseline(rows):
+def test_costs_and_ratios_to_the_first_config(rows):
     fpn, dense, pruned, ours_fpn = rows
     assert [r["config"] for r in rows] == ["fpn.yaml", "dense.yaml", "pruned.yaml", "ours_fpn.yaml"]
     assert fpn["neck"] == "build_resnet_fpn_backbone"
@@ -77,44 +71,36 @@ def test_costs_and_ratios_to_the_baseline(rows):
     assert dense["neck_flops_ratio"] == pytest.approx(dense["neck_flops"] / fpn["neck_flops"])
 
 
-def test_markdown_table(rows, tmp_path):
-    path = tmp_path / "costs.md"
-    write_cost_table(rows, str(path), size=64)
-    lines = path.read_text().splitlines()
-    assert lines[0] == "Costs at 64x64 (fvcore: 1 multiply-add = 1 flop)"
+def test_cost_table(rows):
+    lines = benchmark.format_costs({"image_size": 64, "results": rows}).splitlines()
+    assert lines[0].startswith("Costs at 64x64 (fvcore: 1 multiply-add = 1 flop")
     assert "neck GFLOPs" in lines[2] and "backbone flops ratio" in lines[2]
     assert len(lines) == 4 + len(rows)
     assert lines[4].startswith("| fpn.yaml") and "1.00x" in lines[4]
 
 
-def test_cli_prints_the_table_and_writes_json(configs, tmp_path, capsys):
-    out = tmp_path / "report" / "costs.json"
-    assert neck_report.main([configs["fpn"], "--size", "64", "--out", str(out)]) == 0
-    assert "build_resnet_fpn_backbone" in capsys.readouterr().out
-    report = json.loads(out.read_text())
-    assert report["image_size"] == 64
-    assert report["rows"][0]["config"] == "fpn.yaml"
-    assert report["rows"][0]["backbone_flops_ratio"] == 1.0
+def test_cli_prints_the_table_and_writes_json_or_markdown(configs, tmp_path, capsys):
+    for out in (tmp_path / "report" / "costs.json", tmp_path / "costs.md"):
+        argv = ["--config-file", configs["fpn"], configs["dense"], "--flops-only",
+                "--image-size", "64", "--out", str(out)]
+        assert cli.run(benchmark.main, argv) == 0
+        assert "build_resnet_fpn_backbone" in capsys.readouterr().out
+    report = json.loads((tmp_path / "report" / "costs.json").read_text())
+    assert report["image_size"] == 64 and report["results"][0]["config"] == "fpn.yaml"
+    assert report["results"][1]["backbone_flops_ratio"] > 1.0
+    assert (tmp_path / "costs.md").read_text().startswith("Costs at 64x64")
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["missing.yaml"], "does not exist"),
-        (["{fpn}", "--out", "report.txt"], ".md or .json"),
-        (["{fpn}", "--size", "16"], "--size 16 is too small"),
-        (["{dense}+MODEL.DENSE_FPN.NODE_WIDTH"], "write a config variant as path.yaml+KEY=VALUE"),
+        (["{fpn}", "--out", "report.txt"], ".json or .md"),
+        (["{fpn}", "--image-size", "16"], "image_size=16 is too small"),
     ],
 )
 def test_cli_reports_bad_input_as_one_line(configs, args, message, capsys):
-    assert neck_report.main([a.format(**configs) for a in args]) == 2
+    argv = ["--config-file", *[a.format(**configs) for a in args], "--flops-only"]
+    assert cli.run(benchmark.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
-
-
-def test_a_config_variant_costs_what_the_equivalent_config_costs(configs, rows):
-    (variant,) = cost_table([configs["dense"] + "+MODEL.DENSE_FPN.INFERENCE_DEPTH=1"], size=64)
-    pruned = next(row for row in rows if row["config"] == "pruned.yaml")
-    assert variant["config"] == "dense.yaml+MODEL.DENSE_FPN.INFERENCE_DEPTH=1"
-    assert variant["neck"].endswith("depth 1")
-    assert variant["neck_flops"] == pruned["neck_flops"]

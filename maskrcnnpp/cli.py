@@ -1,0 +1,50 @@
+"""What every command-line tool shares: config overrides after the options, and one line with exit
+code 2 for bad input instead of a traceback."""
+import sys
+
+from detectron2.config import get_cfg
+
+from .config import add_maskrcnnpp_config, config_keys
+from .errors import UserInputError
+
+
+def split_overrides(argv):
+    """Split a command line into (tool options, config overrides ``KEY VALUE ...``).
+
+    The overrides start at the first config key: a full key (``SEED``) or a dotted name in one of
+    the config's sections (``SOLVER.MAX_ITER``, misspelt ones included, for build_cfg to explain),
+    so options taking several values (``--config-file A.yaml B.yaml``) can precede them without
+    swallowing them, while files such as ``SCAN.TIF`` stay options.
+    """
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    keys = set(config_keys(cfg))
+    sections = {name for name, value in cfg.items() if isinstance(value, dict)}
+    is_key = [token in keys or ("." in token and token.split(".")[0] in sections)
+              for token in argv]
+    start = is_key.index(True) if any(is_key) else len(argv)
+    options, overrides = list(argv[:start]), list(argv[start:])
+    misplaced = [token for token in overrides[::2] if token.startswith("--")]
+    if misplaced:
+        raise UserInputError(
+            f"Option {misplaced[0]} comes after the config overrides; put KEY VALUE pairs last."
+        )
+    return options, overrides
+
+
+def parse_with_overrides(parser, argv):
+    """Parse a tool's command line; trailing config overrides ``KEY VALUE ...`` go to ``args.opts``."""
+    options, overrides = split_overrides(argv)
+    args = parser.parse_args(options)
+    args.opts = overrides
+    return args
+
+
+def run(main, argv=None):
+    """``sys.exit(run(main))``: call ``main(argv)`` and turn a UserInputError into one line on
+    stderr and exit code 2, so a mistake never ends in a traceback."""
+    try:
+        return main(sys.argv[1:] if argv is None else argv)
+    except UserInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
