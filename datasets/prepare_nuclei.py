@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Convert nuclei data to the COCO layout Mask R-CNN++ trains on (see datasets/README.md).
 
-    python datasets/prepare_nuclei.py dsb2018 SRC OUT [--val-fraction F] [--seed S]
+    python datasets/prepare_nuclei.py dsb2018 SRC OUT [--pieces keep] [--val-fraction F] [--seed S]
     python datasets/prepare_nuclei.py labelmap IMAGES LABELS OUT [--val-fraction F] [--seed S]
 """
 import argparse
 
 from maskrcnnpp import cli
-from maskrcnnpp.data.prepare import INTENSITY_SCALINGS, prepare_dsb2018, prepare_labelmaps
+from maskrcnnpp.data.prepare import (
+    INTENSITY_SCALINGS,
+    PIECE_RULES,
+    prepare_dsb2018,
+    prepare_labelmaps,
+)
 
 
 def build_parser():
@@ -19,6 +24,13 @@ def build_parser():
                          help="how images deeper than 8 bits become 8-bit: stretch the image's "
                          "0.1-99.9 percentiles (percentile, default) or its min-max to 0-255; "
                          "8-bit images are kept as they are")
+    options.add_argument("--pieces", choices=PIECE_RULES, default="error",
+                         help="a nucleus (mask or label) in several separate pieces: stop with the "
+                         "file named (error, default), keep it as one nucleus, or split it into "
+                         "one nucleus per piece; a binary image given as a label map needs split")
+    options.add_argument("--binarize-masks", action="store_true",
+                         help="threshold masks holding several foreground values (e.g. saved as "
+                         "JPEG) at half their maximum instead of stopping")
     options.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -41,7 +53,7 @@ def build_parser():
 def main(argv):
     args = build_parser().parse_args(argv)
     options = dict(val_fraction=args.val_fraction, seed=args.seed, intensity=args.intensity,
-                   overwrite=args.overwrite)
+                   pieces=args.pieces, binarize=args.binarize_masks, overwrite=args.overwrite)
     if args.source == "dsb2018":
         summary = prepare_dsb2018(args.src, args.out, **options)
     else:

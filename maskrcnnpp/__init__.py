@@ -3,6 +3,8 @@
 Importing the package registers its datasets, backbones, meta-architectures and evaluators
 in detectron2's catalogs and registries.
 """
+import warnings
+
 import torch
 
 from .machine import MIN_TORCH, version_tuple
@@ -13,9 +15,15 @@ if version_tuple(torch.__version__) < MIN_TORCH:
         f"{torch.__version__}. Upgrade it (bash scripts/install.sh names the command), then retry."
     )
 
-from . import data  # noqa: E402,F401  (registers the nuclei datasets)
-from . import modeling  # noqa: E402,F401  (registers the dense backbones and meta-architecture)
-from . import model_zoo  # noqa: E402,F401
-from .config import add_maskrcnnpp_config  # noqa: E402
+# fvcore scripts its focal loss when detectron2 imports it, and torch >= 2.10 warns that
+# torch.jit.script is deprecated: a warning about the dependencies' import that users cannot act on,
+# which would otherwise open every tool's output (and stand above its one-line errors).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                            category=FutureWarning)
+    from . import data  # noqa: E402,F401  (registers the nuclei datasets)
+    from . import modeling  # noqa: E402,F401  (registers the dense backbones and meta-architecture)
+    from . import model_zoo  # noqa: E402,F401
+    from .config import add_maskrcnnpp_config  # noqa: E402
 
 __all__ = ["add_maskrcnnpp_config", "model_zoo"]

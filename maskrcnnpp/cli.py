@@ -3,9 +3,10 @@ code 2 for bad input instead of a traceback."""
 import sys
 
 from detectron2.config import get_cfg
+from torch.multiprocessing import ProcessExitedException
 
 from .config import add_maskrcnnpp_config, config_keys
-from .errors import UserInputError
+from .errors import TrainingDiverged, UserInputError
 
 
 def split_overrides(argv):
@@ -41,10 +42,16 @@ def parse_with_overrides(parser, argv):
 
 
 def run(main, argv=None):
-    """``sys.exit(run(main))``: call ``main(argv)`` and turn a UserInputError into one line on
-    stderr and exit code 2, so a mistake never ends in a traceback."""
+    """``sys.exit(run(main))``: call ``main(argv)`` and turn a UserInputError (or a diverged
+    training) into one line on stderr and exit code 2, so a mistake never ends in a traceback.
+
+    A training process that stopped itself this way (several processes, one per GPU) printed its
+    line already; its exit code is passed on.
+    """
     try:
         return main(sys.argv[1:] if argv is None else argv)
-    except UserInputError as e:
+    except (UserInputError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ProcessExitedException as e:
+        return e.exit_code or 1

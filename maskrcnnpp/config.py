@@ -39,6 +39,13 @@ def add_maskrcnnpp_config(cfg):
     # [1, 2, 3]; read by META_ARCHITECTURE "DeeplySupervisedRCNN".
     cfg.MODEL.DENSE_FPN.DEEP_SUPERVISION_DEPTHS = []
 
+    # How MODEL.WEIGHTS and checkpoints load (maskrcnnpp/checkpoint.py).
+    cfg.MODEL.LOAD = CN()
+    # Allow weights that fit only part of the model (fine-tuning from FPN or ImageNet weights).
+    cfg.MODEL.LOAD.PARTIAL = False
+    # Allow .pkl weights: a pickle runs whatever code it contains when loaded; only for trusted files.
+    cfg.MODEL.LOAD.ALLOW_PICKLE = False
+
     # Mask head loss (HybridLossMaskHead): "BCE" (detectron2's) or "BCE+Dice" (UNet++'s hybrid).
     cfg.MODEL.ROI_MASK_HEAD.LOSS = "BCE"
     # Weight of the soft Dice term when LOSS is "BCE+Dice" (UNet++: 1.0, the two terms alike).

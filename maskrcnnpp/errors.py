@@ -6,6 +6,14 @@ class UserInputError(ValueError):
     """Bad input from the user; the message says what is wrong and how to fix it."""
 
 
+class TrainingDiverged(BaseException):
+    """The loss became infinite or NaN; the message names the iteration and what to change.
+
+    A BaseException, like KeyboardInterrupt, so that it stops detectron2's training loop without
+    the loop logging it as a crash with a traceback; the tools print it as one line.
+    """
+
+
 def did_you_mean(name, choices):
     """' Did you mean X?' for the closest of ``choices`` to ``name``, or an empty string."""
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)

@@ -5,10 +5,31 @@ import io
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+
+from .errors import UserInputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def check_writable(path, what="Output folder"):
+    """Raise unless a folder can be created (or written) at ``path``, leaving nothing behind:
+    the nearest existing folder above it must be a folder that takes a new file."""
+    existing = os.path.abspath(os.fspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserInputError(f"{what} {path} cannot be created: {existing} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserInputError(
+            f"{what} {path} is not writable ({e.strerror} in {existing}); choose another place."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -52,27 +73,50 @@ def write_csv(rows, path):
 
 
 @contextlib.contextmanager
+def terminate_as_exit():
+    """Within the block, SIGTERM (``kill``, a batch system's time limit) raises SystemExit like
+    Ctrl-C raises KeyboardInterrupt, so ``finally`` clauses clean up; in the main thread only,
+    where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_on_terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_on_terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
 def atomic_directory(path, overwrite=False):
     """Yield a temporary folder beside ``path`` and rename it to ``path`` when the block succeeds.
 
-    The rename is atomic, so ``path`` either does not exist or is complete. If another process
-    created ``path`` meanwhile (two workers generating the same data), its copy is kept and
-    ours discarded. With ``overwrite``, an existing ``path`` is replaced.
+    The rename is atomic, so ``path`` either does not exist or is complete; an interrupted block
+    (an exception, Ctrl-C or SIGTERM) removes the temporary folder. If another process created
+    ``path`` meanwhile (two workers generating the same data), its copy is kept and ours
+    discarded. With ``overwrite``, an existing ``path`` is replaced. The folder gets the usual
+    mode (as ``mkdir`` with the umask), not mkdtemp's private one, so a lab group can read it.
     """
     path = os.path.abspath(os.fspath(path))
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
-    try:
-        yield tmp
-        if overwrite and os.path.exists(path):
-            old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(path) + "-", dir=parent)
-            os.replace(path, os.path.join(old, "data"))
-            shutil.rmtree(old)
+    with terminate_as_exit():
+        tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(path) + "-", dir=parent)
         try:
-            os.rename(tmp, path)
-        except OSError:
-            if not os.path.isdir(path):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            os.chmod(tmp, 0o777 & ~_UMASK)
+            yield tmp
+            if overwrite and os.path.exists(path):
+                old = tempfile.mkdtemp(prefix=".old-" + os.path.basename(path) + "-", dir=parent)
+                os.replace(path, os.path.join(old, "data"))
+                shutil.rmtree(old)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                if not os.path.isdir(path):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,9 +1,9 @@
 """Mask R-CNN++ configs by name, like ``detectron2.model_zoo``: they ship inside the package."""
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from .checkpoint import load_weights
 from .config import build_cfg
 from .errors import UserInputError, did_you_mean
 
@@ -46,5 +46,5 @@ def get(config_path, trained=False, device=None):
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    load_weights(cfg, model)
     return model.eval()

@@ -1,12 +1,20 @@
-"""Training: detectron2's DefaultTrainer with the nuclei data pipeline and evaluation, and
-multi-process training on CPUs."""
+"""Training: detectron2's DefaultTrainer with the nuclei data pipeline and evaluation, safe
+checkpoints, exact resumption, one line for a diverging run, and multi-process training on CPUs."""
+import contextlib
 import os
+import random
+import weakref
+
+import numpy as np
+import torch
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, defaults
+from detectron2.engine import DefaultTrainer, HookBase, defaults
 from detectron2.utils import comm
 
+from .checkpoint import NucleiCheckpointer
 from .data.augment import build_nuclei_train_mapper
+from .errors import TrainingDiverged
 from .evaluation import NucleiEvaluator
 from .inference.predict import PredictorModel, read_bgr
 
@@ -30,6 +38,58 @@ def _create_cpu_aware_ddp_model(model, **kwargs):
     return _create_cpu_aware_ddp_model.original(model, **kwargs)
 
 
+def random_states():
+    """The random states of torch (CPU), NumPy and Python, as plain data a checkpoint can hold."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+
+
+def set_random_states(states):
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+
+
+@contextlib.contextmanager
+def preserved_random_states():
+    """Run a block without changing what the random generators give afterwards."""
+    states = random_states()
+    try:
+        yield
+    finally:
+        set_random_states(states)
+
+
+class ExactResume(HookBase):
+    """A resumed run continues as if it had never stopped, where training is deterministic (e.g.
+    on the CPU): checkpoints carry the random states of torch, NumPy and Python, and on resuming
+    the data loader is replayed to the resumed iteration (the sampler's order, the augmentation
+    draws) before those states are restored. Without this, detectron2 restarts the data order and
+    the random streams from the seed, so a resumed run trains on other batches."""
+
+    def __init__(self):
+        self._resumed_states = None
+
+    def state_dict(self):
+        return {"random_states": random_states()}
+
+    def load_state_dict(self, state_dict):
+        self._resumed_states = state_dict["random_states"]
+
+    def before_train(self):
+        if self._resumed_states is None:
+            return
+        batches = self.trainer._trainer._data_loader_iter
+        for _ in range(self.trainer.start_iter):
+            next(batches)
+        set_random_states(self._resumed_states)
+
+
 def data_loader_workers(cfg):
     """DATALOADER.NUM_WORKERS; -1 means the CPU cores this process may use, shared with the other
     training processes of this machine, at most 8 (beyond that, workers rarely feed a GPU faster)."""
@@ -39,8 +99,28 @@ def data_loader_workers(cfg):
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer with nuclei augmentations, and an evaluation of the model as
-    tools/predict.py runs it, scored by NucleiEvaluator (box and mask AP, nuclei metrics)."""
+    """detectron2's DefaultTrainer with nuclei augmentations, an evaluation of the model as
+    tools/predict.py runs it, scored by NucleiEvaluator (box and mask AP, nuclei metrics), and
+    checkpoints that load safely and are written whole (NucleiCheckpointer)."""
+
+    def build_hooks(self):
+        # DefaultTrainer made its checkpointer just before; replace it before the hooks take it.
+        self.checkpointer = NucleiCheckpointer.from_config(
+            self.cfg, self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks() + [ExactResume()]
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError:
+            amp = "; or train in float32 (SOLVER.AMP.ENABLED False)" if self.cfg.SOLVER.AMP.ENABLED else ""
+            raise TrainingDiverged(
+                f"Training diverged at iteration {self.iter}: the loss became infinite or NaN. "
+                f"Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g}) or lengthen "
+                f"SOLVER.WARMUP_ITERS (now {self.cfg.SOLVER.WARMUP_ITERS}){amp}, then continue "
+                "from the last checkpoint with --resume."
+            ) from None
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -59,7 +139,8 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """detectron2's evaluation, with the model run as tools/predict.py runs it: whole images,
         or overlap-tile inference for those larger than TEST.TILE.SIZE."""
-        return super().test(cfg, PredictorModel(cfg, model), evaluators)
+        with preserved_random_states():  # evaluating does not change the training that follows
+            return super().test(cfg, PredictorModel(cfg, model), evaluators)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -1,68 +1,409 @@
-"""Bad input gives one clear error that says what is wrong and how to fix it, and writes nothing."""
+"""Bad input gives one clear error that says what is wrong and how to fix it, and writes nothing.
+
+The matrix runs every tool's ``main`` as its command line does (through ``cli.run``) on one
+mistake each, and asserts: exit code 2, one ``error:`` line on stderr that names the problem, no
+traceback, and no output written. A few cases run the real command in a subprocess as well.
+"""
 import json
 import os
+import re
+import pickle
+import runpy
 
+import compare  # tools/compare.py
+import cv2
+import benchmark  # tools/benchmark.py
+import evaluate  # tools/evaluate.py
+import numpy as np
+import predict  # tools/predict.py
 import pytest
 import torch
-from conftest import run_tool
+import train_net  # tools/train_net.py
+from conftest import REPO, TINY_TRAINING, run_tool
+from detectron2.modeling import build_model
 
+from maskrcnnpp import cli
 from maskrcnnpp.config import build_cfg
-from maskrcnnpp.data.datasets import check_datasets
-from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.data.coco_io import coco_dict, encode_mask
 
-QUICKSTART = "configs/quickstart_synthetic.yaml"
-
-
-@pytest.fixture(autouse=True)
-def _in_repo(monkeypatch):
-    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
+DENSE = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")
+PREPARE = runpy.run_path(os.path.join(REPO, "datasets", "prepare_nuclei.py"))["main"]
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without a GPU")
 
 
-def error_of(*opts, config_file=QUICKSTART):
-    with pytest.raises(UserInputError) as info:
-        cfg = build_cfg(config_file, opts)
-        check_datasets(cfg, cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
-    return str(info.value)
+def error_lines(stderr):
+    """stderr without progress bars, the CPU fallback notice and torch's own log lines (such as
+    ``W1122 ... No CUDA runtime is found``): what a mistake printed."""
+    return [line for line in stderr.replace("\r", "\n").splitlines()
+            if line.strip() and "%|" not in line and not line.startswith(("No GPU", "Running on"))
+            and not re.match(r"[IWE]\d{4} ", line)]
+
+
+def assert_one_clear_error(main, argv, message, capsys, untouched=()):
+    code = cli.run(main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    if "Traceback" in err:
+        print(err)
+    lines = error_lines(err)
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert message in lines[0], lines[0]
+    for path in untouched:
+        assert not os.path.exists(path), f"{path} was written"
+
+
+# --- the materials of the mistakes -----------------------------------------------------------
+
+
+def coco_set(folder, name, images=1, annotated=True, size=(64, 64), image_mode="png8"):
+    """A tiny COCO set with ``images`` images and the DATASETS overrides that use it."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    height, width = size
+    entries, annotations = [], []
+    mask = np.zeros(size, bool)
+    mask[10:20, 10:20] = True
+    for index in range(1, images + 1):
+        file_name = f"{index}.png"
+        pixels = np.zeros((height, width, 3), np.uint16 if image_mode == "png16" else np.uint8)
+        pixels[mask] = 3000 if image_mode == "png16" else 200
+        cv2.imwrite(str(folder / "images" / file_name), pixels[:, :, 0] if image_mode == "png16" else pixels)
+        entries.append({"id": index, "file_name": file_name, "height": height, "width": width})
+        if annotated:
+            annotations.append({"id": index, "image_id": index, "category_id": 1, "iscrowd": 0,
+                                "segmentation": encode_mask(mask), "area": 100,
+                                "bbox": [10, 10, 10, 10]})
+    (folder / "annotations.json").write_text(json.dumps(coco_dict(entries, annotations, name)))
+    entry = str([[name, str(folder / "annotations.json"), str(folder / "images")]])
+    return ["DATASETS.COCO_NUCLEI", entry, "DATASETS.TRAIN", f"('{name}',)",
+            "DATASETS.TEST", f"('{name}',)"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Checkpoints: FPN quickstart weights (.pth), the same file cut in half, and a pickle."""
+    folder = tmp_path_factory.mktemp("weights")
+    cfg = build_cfg(QUICKSTART, ["MODEL.DEVICE", "cpu"])
+    torch.save({"model": build_model(cfg).state_dict()}, folder / "fpn.pth")
+    data = (folder / "fpn.pth").read_bytes()
+    (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
+    with open(folder / "model.pkl", "wb") as f:
+        pickle.dump({"model": {}}, f)
+    return folder
+
+
+def train(tmp_path, *opts, config=QUICKSTART, output=None):
+    """train_net's command line: the config, tiny settings, ``opts`` and OUTPUT_DIR last."""
+    return ["--config-file", config, *TINY_TRAINING, *opts, "OUTPUT_DIR", output or tmp_path / "out"]
+
+
+def with_image(folder, name, write):
+    """A folder holding one image written by ``write(path)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write(str(folder / name))
+    return folder
+
+
+def dsb_source(folder, masks, image=None):
+    """A one-image DSB2018-layout folder with the given mask arrays (written as PNG)."""
+    (folder / "a" / "images").mkdir(parents=True)
+    (folder / "a" / "masks").mkdir()
+    cv2.imwrite(str(folder / "a" / "images" / "a.png"),
+                np.zeros((32, 32, 3), np.uint8) if image is None else image)
+    for index, mask in enumerate(masks):
+        cv2.imwrite(str(folder / "a" / "masks" / f"m{index}.png"), mask)
+    return folder
+
+
+def two_valued_disc():
+    """A disc of 255 with a stripe of 128: a mask with two foreground values (e.g. a JPEG)."""
+    mask = disc_mask()
+    mask[10, 6:14] = 128
+    return mask
+
+
+def disc_mask(value=255, channels=1):
+    mask = np.zeros((32, 32), np.uint8)
+    cv2.circle(mask, (10, 10), 5, value, -1)
+    return np.dstack([mask] * channels) if channels > 1 else mask
+
+
+# --- train_net: config, model, weights, data, output --------------------------------------------
+
+TRAIN_CASES = {
+    "config file missing": (lambda t, w: ["--config-file", t / "no_such.yaml"], "does not exist"),
+    "misspelled key": (lambda t, w: train(t, "SOLVER.MAX_ITERS", "5"), "Did you mean 'SOLVER.MAX_ITER'?"),
+    "wrong value type": (lambda t, w: train(t, "SOLVER.MAX_ITER", "'many'"), "SOLVER.MAX_ITER"),
+    "unknown topology": (lambda t, w: train(t, "MODEL.DENSE_FPN.TOPOLOGY", "densee", config=DENSE),
+                         "Did you mean 'dense'?"),
+    "unknown fusion": (lambda t, w: train(t, "MODEL.DENSE_FPN.FUSION", "max", config=DENSE),
+                       "MODEL.DENSE_FPN.FUSION='max' is not valid"),
+    "identity block on concat": (lambda t, w: train(t, "MODEL.DENSE_FPN.NODE_BLOCK", "identity", config=DENSE),
+                                 "needs MODEL.DENSE_FPN.FUSION='sum'"),
+    "depth the topology lacks": (lambda t, w: train(t, "MODEL.DENSE_FPN.TOPOLOGY", "fpn",
+                                                    "MODEL.DENSE_FPN.INFERENCE_DEPTH", "1", config=DENSE),
+                                 "MODEL.DENSE_FPN.INFERENCE_DEPTH=1 is not valid"),
+    "unknown augmentation": (lambda t, w: train(t, "INPUT.NUCLEI_AUG.NAMES", "['rot9']"), "Did you mean 'rot90'"),
+    "tile overlap above tile size": (lambda t, w: train(t, "TEST.TILE.OVERLAP", "900"),
+                                     "need SIZE > 0, 0 <= OVERLAP < SIZE"),
+    "unknown mask loss": (lambda t, w: train(t, "MODEL.ROI_MASK_HEAD.LOSS", "Dice"),
+                          "MODEL.ROI_MASK_HEAD.LOSS='Dice' is not valid"),
+    "negative workers": (lambda t, w: train(t, "DATALOADER.NUM_WORKERS", "-2"), "DATALOADER.NUM_WORKERS=-2"),
+    "unknown device": (lambda t, w: train(t, "MODEL.DEVICE", "tpu"), "MODEL.DEVICE='tpu' is not valid"),
+    "unregistered dataset": (lambda t, w: train(t, "DATASETS.TRAIN", "('nuclei_synthetic_trian',)"),
+                             "Did you mean 'nuclei_synthetic_train'?"),
+    "COCO_NUCLEI entry of two fields": (lambda t, w: train(t, "DATASETS.COCO_NUCLEI", "[['x', 'y.json']]"),
+                                        "must be [name, json_file, image_root]"),
+    "annotation file missing": (lambda t, w: train(t, "DATASETS.COCO_NUCLEI", str([["gone", str(t / "no.json"), str(t)]]),
+                                                   "DATASETS.TRAIN", "('gone',)"), "does not exist"),
+    "annotation file not JSON": (lambda t, w: [(t / "bad.json").write_text("{oops"), (t / "im").mkdir(),
+                                               train(t, "DATASETS.COCO_NUCLEI", str([["notjson", str(t / "bad.json"), str(t / "im")]]),
+                                                     "DATASETS.TRAIN", "('notjson',)")][-1], "is not valid JSON"),
+    "not a COCO file": (lambda t, w: [(t / "bad.json").write_text('{"images": []}'), (t / "im").mkdir(),
+                                      train(t, "DATASETS.COCO_NUCLEI", str([["notcoco", str(t / "bad.json"), str(t / "im")]]),
+                                            "DATASETS.TRAIN", "('notcoco',)")][-1], "is not a COCO instance file"),
+    "no image has annotations": (lambda t, w: train(t, *coco_set(t / "d", "unannotated", 2, annotated=False)),
+                                 "none of its 2 images has annotations"),
+    "images missing": (lambda t, w: [opts := coco_set(t / "d", "missing_images", 3),
+                                     [os.remove(t / "d" / "images" / f"{i}.png") for i in (1, 2)],
+                                     train(t, *opts)][-1], "2 of its 3 images cannot be used"),
+    "image not an image": (lambda t, w: [opts := coco_set(t / "d", "corrupt_image", 1),
+                                         (t / "d" / "images" / "1.png").write_text("no image"),
+                                         train(t, *opts)][-1], "is not an image file"),
+    "image of another size": (lambda t, w: [opts := coco_set(t / "d", "resized_image", 1),
+                                            cv2.imwrite(str(t / "d" / "images" / "1.png"), np.zeros((20, 30), np.uint8)),
+                                            train(t, *opts)][-1], "is 30x20 but its COCO entry says 64x64"),
+    "16-bit training image": (lambda t, w: train(t, *coco_set(t / "d", "deep_images", 1, image_mode="png16")),
+                              "is not 8-bit"),
+    "eval-only without weights": (lambda t, w: ["--eval-only", *train(t, "MODEL.WEIGHTS", "nope.pth")],
+                                  "--eval-only needs trained weights"),
+    "weights file missing": (lambda t, w: train(t, "MODEL.WEIGHTS", t / "none.pth"), "does not exist"),
+    "truncated checkpoint": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "truncated.pth"),
+                             "truncated, corrupt or not a checkpoint"),
+    "pickled weights": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "model.pkl"), "is a Python pickle"),
+    "weights of another architecture": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "fpn.pth", config=DENSE),
+                                        "The weights do not fit this model"),
+    "output folder under a file": (lambda t, w: [(t / "file").write_text("x"), train(t, output=t / "file" / "run")][-1],
+                                   "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=str)
+def test_train_net(case, tiny_nuclei, weights, tmp_path, capsys):
+    make_argv, message = TRAIN_CASES[case]
+    argv = make_argv(tmp_path, weights)
+    words = [str(a) for a in argv]
+    if "OUTPUT_DIR" in words and not {"DATASETS.COCO_NUCLEI", "DATASETS.TRAIN"} & set(words):
+        argv = [*argv[:-2], *tiny_nuclei["opts"], *argv[-2:]]  # the tiny set, unless the case sets data
+    assert_one_clear_error(train_net.main, argv, message, capsys, untouched=[tmp_path / "out"])
+
+
+@no_gpu
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.DEVICE", "cuda"], "MODEL.DEVICE='cuda' needs a GPU, but no GPU is visible here"),
+    (["SOLVER.AMP.ENABLED", "True"], "runs on a GPU only"),
+])
+def test_train_net_without_a_gpu(opts, message, tiny_nuclei, tmp_path, capsys):
+    assert_one_clear_error(train_net.main, train(tmp_path, *tiny_nuclei["opts"], *opts), message,
+                           capsys, untouched=[tmp_path / "out"])
+
+
+def test_the_gpu_recipe_falls_back_to_float32_on_a_machine_without_a_gpu():
+    cfg = build_cfg(os.path.join(REPO, "configs", "maskrcnnpp_R50.yaml"))
+    expected = ("cuda", True) if torch.cuda.is_available() else ("cpu", False)
+    assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == expected
+
+
+# --- predict --------------------------------------------------------------------------------------
+
+PREDICT_CASES = {
+    "weights not a file": (lambda t, w: ["--weights", t / "none.pth", "--input", t], "is not a file"),
+    "input missing": (lambda t, w: ["--weights", w / "fpn.pth", "--input", t / "nothing"],
+                      "is neither an image file nor a folder"),
+    "folder without images": (lambda t, w: [(t / "empty").mkdir(), "--weights", w / "fpn.pth", "--input", t / "empty"][1:],
+                              "holds no images"),
+    "two inputs with one name": (lambda t, w: ["--weights", w / "fpn.pth", "--input",
+                                               with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))) / "x.png",
+                                               with_image(t / "b", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))) / "x.png"],
+                                 "Several inputs are named 'x'"),
+    "weights of another architecture": (lambda t, w: ["--config-file", DENSE, "--weights", w / "fpn.pth", "--input",
+                                                      with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8)))],
+                                        "The weights do not fit this model"),
+    "pickled weights": (lambda t, w: ["--weights", w / "model.pkl", "--input",
+                                      with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8)))],
+                        "is a Python pickle"),
+    "output under a file": (lambda t, w: [(t / "file").write_text("x"), "--weights", w / "fpn.pth", "--input",
+                                          with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))),
+                                          "--output", t / "file" / "out"][1:], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", PREDICT_CASES, ids=str)
+def test_predict(case, weights, tmp_path, capsys):
+    argv = [str(a) for a in PREDICT_CASES[case][0](tmp_path, weights)]
+    if "--config-file" not in argv:
+        argv = ["--config-file", QUICKSTART, *argv]
+    if "--output" not in argv:
+        argv += ["--output", str(tmp_path / "out")]
+    assert_one_clear_error(predict.main, argv, PREDICT_CASES[case][1], capsys,
+                           untouched=[tmp_path / "out", tmp_path / "file" / "out"])
+
+
+# --- evaluate ------------------------------------------------------------------------------------
+
+
+def evaluation_files(folder, predictions):
+    mask = np.zeros((10, 20), bool)
+    mask[:4, :4] = True
+    gt = coco_dict([{"id": 7, "file_name": "a.png", "height": 10, "width": 20}],
+                   [{"id": 1, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 16,
+                     "bbox": [0, 0, 4, 4], "segmentation": encode_mask(mask)}], "gt")
+    (folder / "gt.json").write_text(json.dumps(gt))
+    result = {"image_id": 1, "category_id": 1, "segmentation": encode_mask(mask), "score": 0.9}
+    (folder / "pred.json").write_text(predictions if isinstance(predictions, str)
+                                      else json.dumps([{**result, **p} for p in predictions]))
+    return ["--gt", folder / "gt.json", "--pred", folder / "pred.json", "--out", folder / "eval"]
+
+
+EVALUATE_CASES = {
+    "ground truth missing": (lambda t: ["--gt", t / "none.json", "--pred", t / "none.json"], "does not exist"),
+    "predictions not JSON": (lambda t: evaluation_files(t, "{oops"), "is not valid JSON"),
+    "a predicted file the ground truth lacks": (lambda t: evaluation_files(t, [{"file_name": "b.png"}]),
+                                                "not in the ground truth, e.g. ['b.png']"),
+    "file names on some predictions only": (lambda t: evaluation_files(t, [{"file_name": "a.png"}, {}]),
+                                            "1 of 2 predictions carry no file_name"),
+    "image ids the ground truth lacks": (lambda t: evaluation_files(t, [{"image_id": 99}]),
+                                         "absent from the ground truth, e.g. [99]"),
+    "maxDets below COCO's": (lambda t: [*evaluation_files(t, [{"image_id": 7}]), "--max-dets", "50"],
+                             "maxDets must be an integer of at least 100"),
+    "output under a file": (lambda t: [(t / "file").write_text("x"),
+                                       *evaluation_files(t, [{"image_id": 7}])[:-1], t / "file" / "eval"][1:],
+                            "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", EVALUATE_CASES, ids=str)
+def test_evaluate(case, tmp_path, capsys):
+    make_argv, message = EVALUATE_CASES[case]
+    assert_one_clear_error(evaluate.main, make_argv(tmp_path), message, capsys,
+                           untouched=[tmp_path / "eval"])
+
+
+def test_evaluate_pairs_predictions_by_file_name_not_by_their_own_numbering(tmp_path, capsys):
+    # tools/predict.py numbers images 1..N; the ground truth calls the same image 7
+    argv = evaluation_files(tmp_path, [{"image_id": 1, "file_name": "a.png"}])
+    assert cli.run(evaluate.main, [str(a) for a in argv]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["mask_AP"] == pytest.approx(100) and metrics["iou"] == 1.0
+
+
+# --- compare and benchmark ---------------------------------------------------------------------
+
+COMPARE_CASES = {
+    "seed among the overrides": (lambda t: ["--config-file", QUICKSTART, "--output", t / "cmp", "SEED", "3"],
+                                 "sets SEED for each run"),
+    "two configs with one name": (lambda t: ["--config-file", QUICKSTART, QUICKSTART, "--output", t / "cmp"],
+                                  "share a file name"),
+    "configs with other schedules": (lambda t: [(t / "longer.yaml").write_text(f'_BASE_: "{QUICKSTART}"\nSOLVER:\n  MAX_ITER: 7\n'),
+                                                "--config-file", QUICKSTART, t / "longer.yaml", "--output", t / "cmp"][1:],
+                                     "same data and schedule"),
+    "output under a file": (lambda t: [(t / "file").write_text("x"), "--config-file", QUICKSTART,
+                                       "--output", t / "file" / "cmp"][1:], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", COMPARE_CASES, ids=str)
+def test_compare(case, tmp_path, capsys):
+    make_argv, message = COMPARE_CASES[case]
+    assert_one_clear_error(compare.main, make_argv(tmp_path), message, capsys,
+                           untouched=[tmp_path / "cmp"])
+
+
+BENCHMARK_CASES = {
+    "report of another format": (["--out", "{t}/report.txt"], ".json or .md"),
+    "image too small": (["--image-size", "16"], "image_size=16 is too small"),
+    "amp on the cpu": (["--device", "cpu", "--amp"], "runs on a GPU only"),
+}
+
+
+@pytest.mark.parametrize("case", BENCHMARK_CASES, ids=str)
+def test_benchmark(case, tmp_path, capsys):
+    options, message = BENCHMARK_CASES[case]
+    argv = ["--config-file", QUICKSTART, *[o.format(t=tmp_path) for o in options]]
+    assert_one_clear_error(benchmark.main, argv, message, capsys, untouched=[tmp_path / "report.txt"])
+
+
+@no_gpu
+def test_benchmark_on_cuda_without_a_gpu(capsys):
+    assert_one_clear_error(benchmark.main, ["--config-file", QUICKSTART, "--device", "cuda"],
+                           "Measuring on device 'cuda' needs a GPU, but no GPU is visible", capsys)
+
+
+# --- prepare_nuclei ------------------------------------------------------------------------------
+
+PREPARE_CASES = {
+    "source missing": (lambda t: ["dsb2018", t / "nothing", t / "out"], "does not exist"),
+    "output exists": (lambda t: [dsb_source(t / "src", [disc_mask()]), (t / "out").mkdir(),
+                                 "dsb2018", t / "src", t / "out"][2:], "already exists; use --overwrite"),
+    "output inside the source": (lambda t: ["dsb2018", dsb_source(t / "src", [disc_mask()]), t / "src" / "out"],
+                                 "lies inside the source"),
+    "mask with differing channels": (lambda t: ["dsb2018", dsb_source(t / "src", [
+        np.dstack([disc_mask(), np.zeros((32, 32), np.uint8), disc_mask()])]), t / "out"], "channels that differ"),
+    "mask not binary": (lambda t: ["dsb2018", dsb_source(t / "src", [two_valued_disc()]), t / "out"],
+                        "is not binary"),
+    "mask in two pieces": (lambda t: ["dsb2018", dsb_source(t / "src", [
+        np.maximum(disc_mask(), np.roll(disc_mask(), 15, axis=1))]), t / "out"], "is in 2 separate pieces"),
+    "binary image as a label map": (lambda t: ["labelmap",
+                                               with_image(t / "im", "a.png", lambda p: cv2.imwrite(p, np.zeros((32, 32, 3), np.uint8))),
+                                               with_image(t / "lab", "a.png", lambda p: cv2.imwrite(p, np.maximum(disc_mask(), np.roll(disc_mask(), 15, axis=0)))),
+                                               t / "out"], "looks like a binary mask of all nuclei"),
+    "label map with channels": (lambda t: ["labelmap",
+                                           with_image(t / "im", "a.png", lambda p: cv2.imwrite(p, np.zeros((32, 32, 3), np.uint8))),
+                                           with_image(t / "lab", "a.png", lambda p: cv2.imwrite(p, disc_mask(channels=3))),
+                                           t / "out"], "has 3 channels"),
+    "label map of another size": (lambda t: ["labelmap",
+                                             with_image(t / "im", "a.png", lambda p: cv2.imwrite(p, np.zeros((32, 32, 3), np.uint8))),
+                                             with_image(t / "lab", "a.png", lambda p: cv2.imwrite(p, np.zeros((16, 32), np.uint8))),
+                                             t / "out"], "masks must match their image"),
+    "image without its label map": (lambda t: ["labelmap",
+                                               with_image(t / "im", "a.png", lambda p: cv2.imwrite(p, np.zeros((32, 32, 3), np.uint8))),
+                                               with_image(t / "lab", "b.png", lambda p: cv2.imwrite(p, disc_mask())),
+                                               t / "out"], "have no partner with the same stem"),
+    "truncated JPEG image": (lambda t: ["labelmap",
+                                        with_image(t / "im", "a.jpg", lambda p: [cv2.imwrite(p, np.full((32, 32, 3), 90, np.uint8)),
+                                                                                 open(p, "r+b").truncate(300)]),
+                                        with_image(t / "lab", "a.png", lambda p: cv2.imwrite(p, disc_mask())),
+                                        t / "out"], "Is the file complete?"),
+}
+
+
+@pytest.mark.parametrize("case", PREPARE_CASES, ids=str)
+def test_prepare_nuclei(case, tmp_path, capsys):
+    make_argv, message = PREPARE_CASES[case]
+    argv = make_argv(tmp_path)
+    out = argv[-1]
+    existed = os.path.exists(out)
+    assert_one_clear_error(PREPARE, argv, message, capsys, untouched=[] if existed else [out])
+    leftovers = [name for name in os.listdir(os.path.dirname(out)) if name.startswith(".tmp-")]
+    assert not leftovers
+
+
+# --- real processes ------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_cli_prints_one_error_line_and_writes_nothing(tmp_path):
+def test_the_command_line_prints_one_error_line_and_writes_nothing(tmp_path):
     output_dir = tmp_path / "out"
     result = run_tool("train_net.py", "--config-file", "configs/no_such.yaml", "OUTPUT_DIR", output_dir)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: Config file configs/no_such.yaml does not exist"
-    )
+    assert error_lines(result.stderr) == [
+        "error: Config file configs/no_such.yaml does not exist. Pass a YAML file such as "
+        "configs/maskrcnnpp_R50.yaml, or list the shipped ones with "
+        "`python -c 'import maskrcnnpp; print(maskrcnnpp.model_zoo.list_configs())'`."
+    ]
     assert not output_dir.exists()
-
-
-def test_missing_config_file():
-    assert "list the shipped ones" in error_of(config_file="configs/no_such.yaml")
-
-
-def test_misspelled_key_suggests_the_right_one():
-    message = error_of("SOLVER.MAX_ITERS", "5")
-    assert "unknown config key SOLVER.MAX_ITERS" in message
-    assert "Did you mean 'SOLVER.MAX_ITER'?" in message
-
-
-def test_misspelled_key_in_config_file(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(f'_BASE_: "{os.path.abspath(QUICKSTART)}"\nMODEL:\n  DENSE_FPN:\n    TOPOLGY: "dense"\n')
-    message = error_of(config_file=str(bad))
-    assert "unknown config key MODEL.DENSE_FPN.TOPOLGY" in message
-    assert "MODEL.DENSE_FPN.TOPOLOGY" in message
-
-
-def test_wrong_value_type():
-    assert "SOLVER.MAX_ITER" in error_of("SOLVER.MAX_ITER", "'many'")
-
-
-def test_unregistered_dataset():
-    message = error_of("DATASETS.TRAIN", "('nuclei_synthetic_trian',)")
-    assert "Dataset 'nuclei_synthetic_trian' is not registered" in message
-    assert "Did you mean 'nuclei_synthetic_train'?" in message
 
 
 @pytest.mark.slow
@@ -76,76 +417,13 @@ def test_missing_data_names_the_prepare_command(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_image_folder(tmp_path):
-    (tmp_path / "annotations.json").write_text("{}")
-    entry = str([["no_images", str(tmp_path / "annotations.json"), str(tmp_path / "images")]])
-    message = error_of("DATASETS.COCO_NUCLEI", entry, "DATASETS.TRAIN", "('no_images',)")
-    assert f"image folder {tmp_path / 'images'} does not exist" in message
-
-
-@pytest.mark.parametrize(
-    "name, content, problem",
-    [
-        ("not_json", "{not json", "is not valid JSON"),
-        ("not_coco", json.dumps({"images": []}), "is not a COCO instance file"),
-    ],
-)
-def test_malformed_coco_file(tmp_path, name, content, problem):
-    (tmp_path / "images").mkdir()
-    annotations = tmp_path / "annotations.json"
-    annotations.write_text(content)
-    entry = str([[name, str(annotations), str(tmp_path / "images")]])
-    message = error_of("DATASETS.COCO_NUCLEI", entry, "DATASETS.TRAIN", f"('{name}',)")
-    assert f"Dataset '{name}': {annotations} {problem}" in message
-
-
 @pytest.mark.slow
-def test_eval_only_without_weights(tmp_path):
-    result = run_tool(
-        "train_net.py", "--config-file", QUICKSTART, "--eval-only", "MODEL.WEIGHTS", "nope.pth",
-        "OUTPUT_DIR", tmp_path / "out",
-    )
-    assert result.returncode == 2
-    assert "--eval-only needs trained weights" in result.stderr
-
-
-no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without a GPU")
-
-
-@pytest.mark.slow
-@no_gpu
-def test_a_chosen_cuda_device_without_a_gpu_says_why_and_how_to_run_on_the_cpu(tmp_path):
-    result = run_tool("train_net.py", "--config-file", QUICKSTART, "MODEL.DEVICE", "cuda",
-                      "OUTPUT_DIR", tmp_path / "out")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: MODEL.DEVICE='cuda' needs a GPU, but no GPU is visible here")
-    assert "set MODEL.DEVICE cpu" in result.stderr
-    assert not (tmp_path / "out").exists()
-
-
-@no_gpu
-def test_amp_typed_on_the_command_line_of_a_cpu_run_is_refused():
-    assert "runs on a GPU only" in error_of("SOLVER.AMP.ENABLED", "True")
-
-
-@no_gpu
-def test_the_gpu_recipe_falls_back_to_float32_on_the_cpu():
-    cfg = build_cfg("configs/maskrcnnpp_R50.yaml")
-    assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == ("cpu", False)
-
-
-@pytest.mark.slow
-@no_gpu
-def test_benchmark_on_cuda_without_a_gpu_says_why(tmp_path):
-    result = run_tool("benchmark.py", "--config-file", QUICKSTART, "--device", "cuda")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "Measuring on device 'cuda' needs a GPU, but no GPU is visible here" in result.stderr
-
-
-@pytest.mark.parametrize("opts, message", [
-    (("MODEL.DEVICE", "tpu"), "MODEL.DEVICE='tpu' is not valid"),
-    (("DATALOADER.NUM_WORKERS", "-2"), "DATALOADER.NUM_WORKERS=-2: use 0"),
-])
-def test_bad_device_and_worker_settings(opts, message):
-    assert message in error_of(*opts)
+def test_a_diverging_run_stops_with_one_line_naming_the_iteration(tiny_nuclei, tmp_path, capsys):
+    argv = train(tmp_path, *tiny_nuclei["opts"], "SOLVER.BASE_LR", "1e6", "SOLVER.MAX_ITER", "20",
+                 "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.EVAL_PERIOD", "0")
+    code = cli.run(train_net.main, [str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    [line] = [line for line in error_lines(err) if line.startswith("error:")]
+    assert re.match(r"error: Training diverged at iteration \d+: the loss became infinite or NaN. "
+                    r"Lower SOLVER.BASE_LR \(now 1e\+06\)", line), line

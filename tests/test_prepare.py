@@ -2,6 +2,10 @@
 import json
 import os
 import runpy
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -189,6 +193,85 @@ def test_split_is_deterministic_and_stable_when_images_are_added(tmp_path):
     before, after = split_names(tmp_path / "out1"), split_names(tmp_path / "out2")
     assert before["train"] and before["val"]
     assert before["train"] <= after["train"] and before["val"] <= after["val"]
+
+
+def write_mask_files(src, image_id, image, masks):
+    """A Kaggle-layout folder whose masks are written as given (any values, any channels)."""
+    write_dsb_image(src, image_id, image, [])
+    for i, mask in enumerate(masks):
+        cv2.imwrite(str(src / image_id / "masks" / f"m{i}.png"), mask)
+
+
+TWO_PIECES = disc(6, 6, 3) | disc(25, 17, 3)
+
+
+@pytest.mark.parametrize("pieces,nuclei", [("keep", [TWO_PIECES]),
+                                           ("split", [disc(6, 6, 3), disc(25, 17, 3)])])
+def test_masks_are_fixed_only_as_asked_and_every_fix_is_counted(tmp_path, pieces, nuclei):
+    one_value = disc(16, 5, 3).astype(np.uint8) * 255
+    grey_rgb = np.dstack([disc(28, 4, 2).astype(np.uint8) * 255] * 3)  # identical channels
+    two_values = disc(14, 16, 4).astype(np.uint8) * 255
+    two_values[16, 12:17] = 128  # a second foreground value, as in a resampled mask
+    write_mask_files(tmp_path / "src", "a", gray(),
+                     [TWO_PIECES.astype(np.uint8) * 255, one_value, grey_rgb, two_values])
+    summary = prepare_dsb2018(tmp_path / "src", tmp_path / "out", val_fraction=0,
+                              pieces=pieces, binarize=True)
+
+    expected = [*nuclei, disc(16, 5, 3), disc(28, 4, 2), disc(14, 16, 4)]
+    decoded = decoded_masks(load(tmp_path / "out"), 1)
+    assert len(decoded) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, expected))
+    outcome = {"keep": "kept as one nucleus", "split": "split, one nucleus per piece"}[pieces]
+    assert dict(summary.fixes) == {
+        f"nuclei in several pieces {outcome} (--pieces {pieces})": 1,
+        "masks with identical colour channels read as one channel": 1,
+        "non-binary masks thresholded at half their maximum (--binarize-masks)": 1,
+    }
+    assert "Fixes: 1 nuclei in several pieces" in summary.format()
+
+
+def test_a_label_in_pieces_is_split_into_nuclei_on_request(tmp_path):
+    for folder in ("images", "labels"):
+        (tmp_path / folder).mkdir()
+    labels = np.zeros((HEIGHT, WIDTH), np.uint8)
+    labels[TWO_PIECES] = 5
+    labels[disc(16, 5, 3)] = 9
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), gray())
+    cv2.imwrite(str(tmp_path / "labels" / "a.png"), labels)
+    with pytest.raises(UserInputError, match="a.png: label 5 is in 2 separate pieces"):
+        prepare_labelmaps(tmp_path / "images", tmp_path / "labels", tmp_path / "out")
+    summary = prepare_labelmaps(tmp_path / "images", tmp_path / "labels", tmp_path / "out",
+                                val_fraction=0, pieces="split")
+    decoded = decoded_masks(load(tmp_path / "out"), 1)
+    assert sorted(m.sum() for m in decoded) == sorted(
+        [disc(6, 6, 3).sum(), disc(25, 17, 3).sum(), disc(16, 5, 3).sum()])
+    assert summary.nuclei == 3 and sum(summary.fixes.values()) == 1
+
+
+def test_prepared_folders_are_readable_by_the_group_like_any_new_folder(tmp_path):
+    write_dsb_image(tmp_path / "src", "a", gray(), [disc(5, 5, 3)])
+    prepare_dsb2018(tmp_path / "src", tmp_path / "out")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.slow
+def test_sigterm_during_preparation_leaves_nothing_behind(tmp_path):
+    src = tmp_path / "src"
+    for i in range(150):
+        write_dsb_image(src, f"id{i:03d}", gray(i), [disc(x, 12, 3) for x in range(4, 30, 4)])
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "datasets" / "prepare_nuclei.py"), "dsb2018", str(src),
+         str(tmp_path / "out")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]:
+        assert process.poll() is None and time.monotonic() < deadline, "no temporary folder seen"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0 and "Traceback" not in stderr
+    assert sorted(os.listdir(tmp_path)) == ["src"]
 
 
 LABELS = np.zeros((HEIGHT, WIDTH), np.int64)

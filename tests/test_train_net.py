@@ -1,9 +1,14 @@
 """tools/train_net.py end to end on tiny data: train, checkpoint, resume, evaluate, 2 processes."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
-from conftest import TINY_TRAINING, run_tool
+import torch
+from conftest import REPO, TINY_TRAINING, run_tool
 
 from maskrcnnpp.config import build_cfg
 from maskrcnnpp.training import data_loader_workers
@@ -98,3 +103,41 @@ def test_the_gpu_recipe_trains_on_the_cpu_in_float32(tiny_nuclei, tmp_path):
     assert "running on the CPU (MODEL.DEVICE cpu) in float32 (SOLVER.AMP.ENABLED False)" in result.stderr
     losses = [m["total_loss"] for m in read_metrics(tmp_path) if "total_loss" in m]
     assert losses and all(loss == loss for loss in losses)  # trained, and no NaN
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_nuclei, tmp_path):
+    # Deterministic training (CPU, data loaded in the training process): a run killed right after
+    # a checkpoint and resumed must end exactly where an uninterrupted one ends.
+    opts = [*TINY_TRAINING, *tiny_nuclei["opts"], "SOLVER.MAX_ITER", "40",
+            "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "0"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = run_tool("train_net.py", "--config-file", QUICKSTART, *opts, "OUTPUT_DIR", whole)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    child = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", QUICKSTART,
+         *opts, "OUTPUT_DIR", str(killed)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    checkpoint = killed / "model_0000003.pth"
+    while not (checkpoint.exists() and "model_0000003" in _read(killed / "last_checkpoint")):
+        assert child.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (killed / "model_final.pth").exists()
+
+    result = run_tool("train_net.py", "--config-file", QUICKSTART, "--resume", *opts,
+                      "OUTPUT_DIR", killed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["iteration"] for m in read_metrics(killed) if "total_loss" in m][-1] == 39
+    expected = torch.load(whole / "model_final.pth", weights_only=True)["model"]
+    resumed = torch.load(killed / "model_final.pth", weights_only=True)["model"]
+    assert expected.keys() == resumed.keys()
+    different = [key for key in expected if not torch.equal(expected[key], resumed[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _read(path):
+    return path.read_text() if path.exists() else ""

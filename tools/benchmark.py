@@ -27,7 +27,7 @@ from maskrcnnpp.analysis.cost import COST_RATIO_KEYS, cost_rows
 from maskrcnnpp.analysis.speed import DEFAULT_REPEATS, BenchmarkSettings, benchmark, benchmark_cfg
 from maskrcnnpp.config import build_cfg
 from maskrcnnpp.errors import UserInputError
-from maskrcnnpp.io_utils import write_json, write_text
+from maskrcnnpp.io_utils import check_writable, write_json, write_text
 
 # (key, column title, format) of the speed table.
 SPEED_COLUMNS = (
@@ -135,8 +135,10 @@ def format_costs(report):
 
 def main(argv):
     args = parse_args(argv)
-    if args.out and not args.out.endswith((".json", ".md")):
-        raise UserInputError(f"--out {args.out}: the report is written as .json or .md.")
+    if args.out:
+        if not args.out.endswith((".json", ".md")):
+            raise UserInputError(f"--out {args.out}: the report is written as .json or .md.")
+        check_writable(os.path.dirname(os.path.abspath(args.out)), "The folder of --out")
     settings = BenchmarkSettings(
         device=args.device, image_size=args.image_size, batch_size=args.batch_size,
         amp=args.amp, warmup=args.warmup, repeats=args.repeats,

@@ -11,10 +11,12 @@ DIR/metrics.json and DIR/per_image.csv.
 import argparse
 import os
 
+import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 from detectron2.config import get_cfg
 
 from maskrcnnpp import cli
 from maskrcnnpp.config import add_maskrcnnpp_config
+from maskrcnnpp.io_utils import check_writable
 from maskrcnnpp.evaluation import (
     evaluate_coco_predictions,
     format_summary,
@@ -57,6 +59,8 @@ def parse_args(argv=None):
 
 def main(argv):
     args = parse_args(argv)
+    if args.out:
+        check_writable(args.out, "--out")
     coco_gt = load_coco_gt(args.gt)
     predictions = load_coco_results(args.pred)
     summary, rows, _ = evaluate_coco_predictions(

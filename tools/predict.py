@@ -9,29 +9,32 @@ OUTPUT/<name>_labels.png (16-bit instance label map: 0 background, nuclei 1..N),
 predictions scoring at least TEST.NUCLEI.SCORE_THRESHOLD, as the evaluation's instance maps; and
 OUTPUT/coco_instances_results.json with every prediction (RLE mask, score, category_id, image_id,
 file_name), the input of tools/evaluate.py. Images larger than TEST.TILE.SIZE go through
-overlap-tile inference. Trailing KEY VALUE pairs override the config. An unreadable image is
-reported and skipped; the exit code is then 1.
+overlap-tile inference. Images are read as prepare_nuclei.py reads them (16-bit and float images
+stretched by --intensity). Trailing KEY VALUE pairs override the config. The weights, the output
+folder and the inputs are checked before anything is written; an image that cannot be read is
+reported and skipped, and the exit code is then 1.
 """
 
 import argparse
 import os
 
+import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 import cv2
 import numpy as np
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from maskrcnnpp import cli
+from maskrcnnpp.checkpoint import check_model
 from maskrcnnpp.config import build_cfg
 from maskrcnnpp.data.datasets import category_ids
-from maskrcnnpp.data.images import IMAGE_EXTENSIONS
+from maskrcnnpp.data.images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS, read_rgb8
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.evaluation import instances_to_labelmap
 from maskrcnnpp.evaluation.nuclei_evaluation import LazyRLEMasks
 from maskrcnnpp.inference import TiledPredictor
 from maskrcnnpp.inference.predict import coco_results
-from maskrcnnpp.io_utils import atomic_path, write_json
+from maskrcnnpp.io_utils import atomic_path, check_writable, write_json
 
 RESULTS_FILE = "coco_instances_results.json"
 
@@ -44,6 +47,9 @@ def parse_args(argv):
     parser.add_argument("--weights", required=True, help="trained checkpoint (model_final.pth)")
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_DIR")
     parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--intensity", choices=sorted(INTENSITY_SCALINGS), default="percentile",
+                        help="how images deeper than 8 bits become 8-bit, as in prepare_nuclei.py "
+                        "(default: %(default)s)")
     return cli.parse_with_overrides(parser, argv)
 
 
@@ -101,16 +107,16 @@ def save_image_outputs(path, image_bgr, results, score_threshold, output_dir):
     return len(kept)
 
 
-def predict_images(cfg, images, output_dir):
+def predict_images(cfg, images, output_dir, intensity="percentile"):
     """Predict every image; returns (results of all images, nuclei kept, skipped (path, why))."""
     predict = TiledPredictor(cfg)
     ids = category_ids(cfg.DATASETS.TRAIN[0])
     all_results, nuclei, skipped = [], 0, []
     for image_id, path in enumerate(tqdm(images, desc="predicting", unit="image"), start=1):
         try:
-            image = read_image(path, format="BGR")
-        except (OSError, ValueError) as e:
-            tqdm.write(f"skipped {path}: cannot read it as an image ({e})")
+            image = np.ascontiguousarray(read_rgb8(path, intensity)[:, :, ::-1])  # BGR
+        except UserInputError as e:
+            tqdm.write(f"skipped {path}: {e}")
             skipped.append((path, str(e)))
             continue
         results = coco_results(predict(image)["instances"], image_id, path, ids)
@@ -133,8 +139,10 @@ def main(argv):
         raise UserInputError(f"--weights {args.weights} is not a file; pass model_final.pth.")
     cfg = build_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
     images = list_images(args.input)
+    check_writable(args.output, "--output")
+    check_model(cfg)  # the weights load safely and fit the config
     os.makedirs(args.output, exist_ok=True)
-    results, nuclei, skipped = predict_images(cfg, images, args.output)
+    results, nuclei, skipped = predict_images(cfg, images, args.output, args.intensity)
     print(
         f"Predicted {len(images) - len(skipped)} of {len(images)} images: {len(results)} "
         f"predictions, {nuclei} nuclei scoring >= {cfg.TEST.NUCLEI.SCORE_THRESHOLD:g} in the "

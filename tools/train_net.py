@@ -7,17 +7,21 @@
     python tools/train_net.py --config-file CFG --num-gpus 8        # NCCL on GPUs, gloo processes on CPU
 """
 import os
+import sys
 
-from detectron2.checkpoint import DetectionCheckpointer
+import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from maskrcnnpp import cli
+from maskrcnnpp.checkpoint import NucleiCheckpointer, check_model
 from maskrcnnpp.config import build_cfg
+from maskrcnnpp.data.augment import build_nuclei_augmentations
 from maskrcnnpp.data.datasets import check_datasets
-from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.errors import TrainingDiverged, UserInputError
+from maskrcnnpp.io_utils import check_writable
 from maskrcnnpp.training import Trainer, enable_cpu_ddp
 
 
@@ -30,12 +34,24 @@ def setup(args):
 
 
 def train_or_evaluate(args):
-    """What each launched process runs."""
+    """What each launched process runs. Several processes (one per GPU) stop on a diverged run
+    or bad input with the main process's line and exit code 2, without a traceback."""
+    try:
+        return _train_or_evaluate(args)
+    except (UserInputError, TrainingDiverged) as e:
+        if comm.get_world_size() == 1:
+            raise  # one process: cli.run prints it
+        if comm.is_main_process():
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _train_or_evaluate(args):
     enable_cpu_ddp()
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        NucleiCheckpointer.from_config(cfg, model, cfg.OUTPUT_DIR).resume_or_load(
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
@@ -46,17 +62,33 @@ def train_or_evaluate(args):
     return trainer.train()
 
 
+def weights_to_load(cfg, resume):
+    """The file training or evaluation starts from: with --resume, OUTPUT_DIR's last checkpoint
+    where there is one, else MODEL.WEIGHTS (as detectron2's resume_or_load decides)."""
+    checkpointer = NucleiCheckpointer.from_config(cfg, None, cfg.OUTPUT_DIR)
+    if resume and checkpointer.has_checkpoint():
+        return checkpointer.get_checkpoint_file()
+    return cfg.MODEL.WEIGHTS
+
+
 def check_inputs(args):
-    """Everything a run needs, checked before any process starts or any file is written."""
+    """Everything a run needs, checked before any process starts or any file is written: the
+    config and the model it builds, the weights it loads, the datasets and every image they
+    reference, and a writable OUTPUT_DIR."""
     if not args.config_file:
         raise UserInputError("--config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
     cfg = build_cfg(args.config_file, args.opts)
-    check_datasets(cfg, cfg.DATASETS.TEST if args.eval_only else cfg.DATASETS.TRAIN + cfg.DATASETS.TEST)
     if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
         raise UserInputError(
             f"--eval-only needs trained weights, but MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a file. "
             "Pass MODEL.WEIGHTS path/to/model_final.pth (or --resume to use OUTPUT_DIR's last checkpoint)."
         )
+    check_writable(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    check_model(cfg, weights_to_load(cfg, args.resume))
+    if not args.eval_only:
+        build_nuclei_augmentations(cfg, is_train=True)  # checks INPUT.NUCLEI_AUG
+    train = () if args.eval_only else cfg.DATASETS.TRAIN
+    check_datasets(cfg, [*train, *cfg.DATASETS.TEST], train_names=train)
 
 
 def main(argv):

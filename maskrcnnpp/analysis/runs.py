@@ -14,9 +14,11 @@ import numpy as np
 import yaml
 from detectron2.config import get_cfg
 
+from ..checkpoint import check_model
 from ..config import add_maskrcnnpp_config, build_cfg
 from ..data.datasets import check_datasets
 from ..errors import UserInputError
+from ..io_utils import check_writable
 
 # Configs must agree on these: "same data and schedule".
 SHARED_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH")
@@ -103,7 +105,12 @@ def plan_runs(config_files, seeds, opts, output_dir):
             cfg = build_cfg(config_file, [*opts, "SEED", str(seed), "OUTPUT_DIR", output])
             runs.append(Run(name, config_file, seed, output, list(opts), cfg))
     _check_same_data_and_schedule(runs)
-    check_datasets(runs[0].cfg, runs[0].cfg.DATASETS.TRAIN + runs[0].cfg.DATASETS.TEST)
+    check_writable(output_dir, "The comparison folder")
+    for run in runs:
+        if run.seed == runs[0].seed:
+            check_model(run.cfg)  # each config builds (and its weights, if any, fit it)
+    train = runs[0].cfg.DATASETS.TRAIN
+    check_datasets(runs[0].cfg, [*train, *runs[0].cfg.DATASETS.TEST], train_names=train)
     for run in runs:
         _check_reusable(run)
     return runs

@@ -19,18 +19,17 @@ timings.
 
 import contextlib
 import copy
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
+from ..checkpoint import check_model, load_weights
 from ..data.synthetic import render_scene
 from ..errors import UserInputError, check_choice
 from ..machine import cuda_unavailable_reason
@@ -154,16 +153,10 @@ def synthetic_batch(cfg, settings, with_targets):
     return batch
 
 
-def _check_weights(cfg):
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise UserInputError(f"MODEL.WEIGHTS={weights!r} is not a file; pass a checkpoint.")
-
-
 def _load_model(cfg):
     model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
-        DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_weights(cfg, model)
     return model.eval()
 
 
@@ -292,7 +285,7 @@ def benchmark(named_cfgs, settings, progress=None):
         torch.backends.cudnn.benchmark = True  # every call has one input size: tune it once
     named_cfgs = [(name, benchmark_cfg(cfg, settings)) for name, cfg in named_cfgs]
     for _, cfg in named_cfgs:
-        _check_weights(cfg)  # before minutes of measuring
+        check_model(cfg)  # before minutes of measuring
     trains = settings.train_repeats > 0
     calls_per_config = (
         1 + settings.warmup + settings.repeats + 1  # FLOPs, warm-up, timing, memory

@@ -18,20 +18,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, List
 
-import cv2
 import numpy as np
+from scipy import ndimage
 from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserInputError, check_choice
-from ..io_utils import atomic_directory, write_json
+from ..io_utils import atomic_directory, check_writable, write_json
 from .coco_io import coco_dict, write_sample
 from .image_types import IMAGE_TYPES
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS, read_image_file, to_rgb8
 
-# How images deeper than 8 bits become 8-bit: the (low, high) percentiles of the image's own
-# pixels (all channels together, so colours keep their balance) are stretched to 0..255.
-INTENSITY_SCALINGS = {"percentile": (0.1, 99.9), "minmax": (0.0, 100.0)}
 LABEL_EXTENSIONS = (".png", ".tif", ".tiff")
 MAX_WARNINGS_SHOWN = 20
 
@@ -47,6 +44,7 @@ class PreparationSummary:
     nuclei: int = 0
     skipped_empty_masks: int = 0
     image_types: Counter = field(default_factory=Counter)
+    fixes: Counter = field(default_factory=Counter)  # what was fixed, as LabelRules allow
     warnings: List[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -56,6 +54,8 @@ class PreparationSummary:
             f"{self.negatives} without nuclei), {self.nuclei} nuclei, "
             f"{self.skipped_empty_masks} empty masks skipped, {len(self.warnings)} warnings, "
             f"{self.seconds:.1f} s.",
+            ("Fixes: " + "; ".join(f"{count} {what}" for what, count in self.fixes.items()) + "."
+             if self.fixes else "Fixes: none."),
             "Image types: " + ", ".join(
                 f"{self.image_types[kind]} {kind}" for kind in IMAGE_TYPES if self.image_types[kind]
             ) + ".",
@@ -71,51 +71,23 @@ class NucleiSample:
     """One image to convert.
 
     ``name`` becomes the output file stem and decides the split; ``read_labels(image_shape,
-    summary)`` returns its instance label map (0 background), counting skips and warnings.
+    summary, rules)`` returns its instance label map (0 background), counting skips, fixes and
+    warnings, and raising UserInputError for masks that ``rules`` do not allow.
     """
 
     name: str
     image_path: str
-    read_labels: Callable[[tuple, PreparationSummary], np.ndarray]
-
-
-def read_image(path):
-    """An image file as OpenCV reads it (palettes expanded to colours, any depth kept)."""
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise UserInputError(f"Cannot read {path}: not an image file OpenCV understands.")
-    return image
+    read_labels: Callable[[tuple, PreparationSummary, "LabelRules"], np.ndarray]
 
 
 def read_labels_file(path):
-    """A mask or label map as stored: palette indices stay indices (OpenCV would expand them)."""
-    array = read_image(path)
+    """A mask or label map as stored: palette indices stay indices (the reader expands them)."""
+    array = read_image_file(path)
     if path.lower().endswith(".png"):
         with Image.open(path) as image:
             if image.mode == "P":
                 return np.array(image)
     return array
-
-
-def to_rgb8(image, intensity, path):
-    """Any 2D/3-/4-channel image of any depth -> HxWx3 uint8 RGB; alpha is dropped.
-
-    8-bit images keep their values; deeper ones (16/32-bit, float) are stretched by ``intensity``.
-    """
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        image = image[:, :, 2::-1]  # OpenCV's BGR(A) -> RGB
-    elif image.ndim != 2:
-        raise UserInputError(
-            f"{path}: image of shape {image.shape} is not supported; "
-            "use a grayscale, RGB or RGBA image."
-        )
-    if image.dtype != np.uint8:
-        low, high = np.percentile(image, INTENSITY_SCALINGS[intensity])
-        scaled = (image.astype(np.float64) - low) / max(high - low, np.finfo(np.float64).tiny)
-        image = np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
-    return np.ascontiguousarray(np.dstack([image] * 3) if image.ndim == 2 else image)
 
 
 def check_same_size(path, shape, image_shape):
@@ -126,8 +98,43 @@ def check_same_size(path, shape, image_shape):
         )
 
 
-def read_label_map(path, image_shape, summary):
-    """A single-channel instance label map (8/16/32-bit or palette PNG, TIFF) as integers."""
+# Pixels touching by an edge or a corner belong to one piece of a nucleus.
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+# --pieces: what to do with a nucleus in several separate pieces.
+PIECE_RULES = ("error", "keep", "split")
+
+
+@dataclass(frozen=True)
+class LabelRules:
+    """How masks and label maps that are not what they should be are handled (see README)."""
+
+    pieces: str = "error"  # a nucleus in several pieces: "error", "keep" (one nucleus), "split"
+    binarize: bool = False  # a mask with several foreground values: threshold at half its maximum
+
+
+def _pieces(mask):
+    """(piece map, number of pieces) of a boolean mask, 8-connected."""
+    return ndimage.label(mask, structure=EIGHT_CONNECTED)
+
+
+def _several_pieces(count, where, rules, summary, hint=""):
+    """Apply ``rules.pieces`` to a nucleus in ``count`` pieces; True when it is to be split."""
+    if count <= 1:
+        return False
+    if rules.pieces == "error":
+        raise UserInputError(
+            f"{where} is in {count} separate pieces, but a nucleus is one piece.{hint} Pass "
+            "--pieces keep to keep it as one nucleus, as annotated, or --pieces split to make "
+            "each piece a nucleus."
+        )
+    outcome = "kept as one nucleus" if rules.pieces == "keep" else "split, one nucleus per piece"
+    summary.fixes[f"nuclei in several pieces {outcome} (--pieces {rules.pieces})"] += 1
+    return rules.pieces == "split"
+
+
+def read_label_map(path, image_shape, summary, rules):
+    """A single-channel instance label map (8/16/32-bit or palette PNG, TIFF) as integers, each
+    label one nucleus in one piece (or as ``rules`` say)."""
     labels = read_labels_file(path)
     check_same_size(path, labels.shape, image_shape)
     if labels.ndim != 2:
@@ -141,10 +148,53 @@ def read_label_map(path, image_shape, summary):
         labels = labels.astype(np.int64)
     if labels.min() < 0:
         raise UserInputError(f"{path} holds negative values; labels must be >= 0.")
+    labels = labels.astype(np.int64)
+    values = np.unique(labels)
+    values = values[values != 0]
+    dense = np.where(labels == 0, 0, np.searchsorted(values, labels) + 1)
+    hint = (" It looks like a binary mask of all nuclei, not a label map (every nucleus has the "
+            f"value {values[0]})." if len(values) == 1 else "")
+    next_label = labels.max() + 1
+    for index, (value, box) in enumerate(zip(values, ndimage.find_objects(dense)), start=1):
+        pieces, count = _pieces(dense[box] == index)
+        if _several_pieces(count, f"{path}: label {value}", rules, summary, hint):
+            crop = labels[box]  # a view: relabels the pieces in place
+            for piece in range(2, count + 1):
+                crop[pieces == piece] = next_label
+                next_label += 1
     return labels
 
 
-def read_dsb_masks(mask_paths, image_id, image_shape, summary):
+def read_mask(path, image_shape, summary, rules):
+    """One nucleus' binary mask as a boolean array: one channel (identical colour channels are
+    read as one), two values (or thresholded at half its maximum with ``rules.binarize``)."""
+    mask = read_labels_file(path)
+    check_same_size(path, mask.shape, image_shape)
+    if mask.ndim == 3:
+        colour = mask[:, :, :3]
+        if not (colour == colour[:, :, :1]).all():
+            raise UserInputError(
+                f"Mask {path} has {mask.shape[2]} channels that differ; a nucleus mask has one "
+                "(0 background, one value for the nucleus). Save it as a grayscale image."
+            )
+        mask = colour[:, :, 0]
+        summary.fixes["masks with identical colour channels read as one channel"] += 1
+    values = np.unique(mask)
+    foreground = values[values != 0]
+    if len(foreground) > 1:
+        if not rules.binarize:
+            shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+            raise UserInputError(
+                f"Mask {path} is not binary: it holds {len(values)} values ({shown}), while a "
+                "nucleus mask holds 0 and one foreground value. Pass --binarize-masks to "
+                "threshold such masks at half their maximum."
+            )
+        summary.fixes["non-binary masks thresholded at half their maximum (--binarize-masks)"] += 1
+        return mask > values.max() / 2
+    return mask > 0
+
+
+def read_dsb_masks(mask_paths, image_id, image_shape, summary, rules):
     """One binary mask per nucleus -> label map; empty masks are skipped.
 
     Overlap rule: a pixel claimed by several masks stays with the first of them in sorted file-name
@@ -153,22 +203,24 @@ def read_dsb_masks(mask_paths, image_id, image_shape, summary):
     labels = np.zeros(image_shape[:2], dtype=np.int32)
     label = 0
     for path in mask_paths:
-        mask = read_labels_file(path)
-        check_same_size(path, mask.shape, image_shape)
-        mask = mask.any(axis=2) if mask.ndim == 3 else mask > 0
+        mask = read_mask(path, image_shape, summary, rules)
         if not mask.any():
             summary.skipped_empty_masks += 1
             continue
-        label += 1
-        overlap = np.count_nonzero(mask & (labels > 0))
-        labels[mask & (labels == 0)] = label
-        if overlap:
-            name = os.path.basename(path)
-            outcome = "dropped" if overlap == np.count_nonzero(mask) else "kept the rest"
-            summary.warnings.append(
-                f"{image_id}: mask {name} overlaps earlier masks on {overlap} pixel(s), which stay "
-                f"with the earlier masks ({outcome})."
-            )
+        pieces, count = _pieces(mask)
+        parts = [pieces == piece for piece in range(1, count + 1)] if _several_pieces(
+            count, f"Mask {path}", rules, summary) else [mask]
+        for part in parts:
+            label += 1
+            overlap = np.count_nonzero(part & (labels > 0))
+            labels[part & (labels == 0)] = label
+            if overlap:
+                name = os.path.basename(path)
+                outcome = "dropped" if overlap == np.count_nonzero(part) else "kept the rest"
+                summary.warnings.append(
+                    f"{image_id}: mask {name} overlaps earlier masks on {overlap} pixel(s), which "
+                    f"stay with the earlier masks ({outcome})."
+                )
     return labels
 
 
@@ -252,21 +304,28 @@ def check_output(out, sources, overwrite):
             raise UserInputError(
                 f"Output folder {out} contains the source {source}; choose another output folder."
             )
+        if os.path.commonpath([out, source]) == source:
+            raise UserInputError(
+                f"Output folder {out} lies inside the source {source}, where it would be read as "
+                "input next time; choose a folder outside it."
+            )
     if os.path.exists(out) and not overwrite:
         raise UserInputError(f"Output folder {out} already exists; use --overwrite to replace it.")
 
 
 def prepare_nuclei(samples, out, *, description, sources=(), val_fraction=0.1, seed=0,
-                   intensity="percentile", overwrite=False):
+                   intensity="percentile", pieces="error", binarize=False, overwrite=False):
     """Write ``samples`` to ``out`` in the COCO layout above and return the summary.
 
     ``out`` appears only once complete (a killed run leaves nothing that looks finished).
     Images without nuclei are kept as negatives.
     """
     check_choice("intensity", intensity, INTENSITY_SCALINGS)
+    rules = LabelRules(check_choice("pieces", pieces, PIECE_RULES), binarize)
     if not 0 <= val_fraction <= 1:
         raise UserInputError(f"val_fraction={val_fraction} must lie in [0, 1].")
     check_output(out, sources, overwrite)
+    check_writable(out, "Output folder")
     start = time.perf_counter()
     summary = PreparationSummary()
     splits = {"train": ([], []), "val": ([], [])}
@@ -274,8 +333,8 @@ def prepare_nuclei(samples, out, *, description, sources=(), val_fraction=0.1, s
         os.makedirs(os.path.join(tmp, "images"))
         first_annotation_id = 1
         for coco_id, sample in enumerate(tqdm(samples, desc="images", unit="image"), start=1):
-            image = to_rgb8(read_image(sample.image_path), intensity, sample.image_path)
-            labels = sample.read_labels(image.shape, summary)
+            image = to_rgb8(read_image_file(sample.image_path), intensity, sample.image_path)
+            labels = sample.read_labels(image.shape, summary, rules)
             entry, annotations = write_sample(
                 os.path.join(tmp, "images"), sample.name + ".png", image, labels, coco_id,
                 first_annotation_id,

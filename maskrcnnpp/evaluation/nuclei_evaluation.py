@@ -126,6 +126,39 @@ def load_coco_results(path):
     return predictions
 
 
+def pair_with_ground_truth(coco_gt, predictions):
+    """The predictions with the ground truth's image ids, paired by file name where they carry
+    one (tools/predict.py numbers images in its own order, so its ids need not be the ground
+    truth's), and by image id where none does. A predicted file the ground truth lacks, or a
+    file name that two ground-truth images share, is an error: nothing is paired by guess."""
+    named = [isinstance(p, dict) and "file_name" in p for p in predictions]
+    if not any(named):
+        return predictions
+    if not all(named):
+        raise UserInputError(
+            f"{named.count(False)} of {len(predictions)} predictions carry no file_name while "
+            "the others do, so they cannot all be paired with ground-truth images by file; "
+            "give every prediction its image's file_name (tools/predict.py does)."
+        )
+    ids = {}
+    for image in coco_gt.dataset["images"]:
+        name = os.path.basename(str(image.get("file_name", "")))
+        if name in ids:
+            raise UserInputError(
+                f"Two ground-truth images are named {name!r}, so predictions cannot be paired "
+                "with them by file name."
+            )
+        ids[name] = image["id"]
+    unknown = sorted({str(p["file_name"]) for p in predictions
+                      if os.path.basename(str(p["file_name"])) not in ids})
+    if unknown:
+        raise UserInputError(
+            f"{len(unknown)} predicted image(s) are not in the ground truth, e.g. {unknown[:3]}. "
+            "Evaluate against the ground truth of the predicted images (file names must match)."
+        )
+    return [{**p, "image_id": ids[os.path.basename(str(p["file_name"]))]} for p in predictions]
+
+
 def check_coco_predictions(coco_gt, predictions):
     """Clean copies of COCO results (RESULT_KEYS only, RLE compressed), checked against ``coco_gt``.
 
@@ -271,7 +304,7 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
         raise UserInputError(
             f"maxDets must be an integer of at least 100 (COCO's default), got {max_dets!r}."
         )
-    predictions = check_coco_predictions(coco_gt, predictions)
+    predictions = check_coco_predictions(coco_gt, pair_with_ground_truth(coco_gt, predictions))
     image_ids = sorted(coco_gt.getImgIds() if image_ids is None else set(image_ids))
     if not image_ids:
         raise UserInputError("The ground truth has no images to evaluate.")

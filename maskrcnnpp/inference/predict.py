@@ -6,17 +6,19 @@ overlap-tile inference for a larger one; :class:`PredictorModel` gives it the fo
 """
 import os
 
-from detectron2.data.detection_utils import read_image
+import numpy as np
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from torch import nn
 
+from ..data.images import read_rgb8
 from .tiling import TiledPredictor
 
 
 def read_bgr(dataset_dict):
-    """A test-loader mapper: the dataset dict with its image file decoded as BGR (``"bgr"``),
-    the input :class:`PredictorModel` takes."""
-    return {**dataset_dict, "bgr": read_image(dataset_dict["file_name"], format="BGR")}
+    """A test-loader mapper: the dataset dict with its image file read as tools/predict.py reads
+    it, in BGR order (``"bgr"``), the input :class:`PredictorModel` takes."""
+    bgr = read_rgb8(dataset_dict["file_name"])[:, :, ::-1]
+    return {**dataset_dict, "bgr": np.ascontiguousarray(bgr)}
 
 
 class PredictorModel(nn.Module):

@@ -4,11 +4,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
+from ..checkpoint import load_weights
 from ..errors import UserInputError, check_choice
 
 # Mirror padding on each side of an axis longer than a tile, as a fraction of TEST.TILE.OVERLAP,
@@ -237,7 +237,7 @@ class TiledPredictor:
         self.margin = int(self.overlap * BORDER_MARGINS[border])
         if model is None:
             model = build_model(self.cfg).eval()
-            DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+            load_weights(cfg, model)
         self.model = model
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
