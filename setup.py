@@ -13,9 +13,9 @@ setup(
     description="Mask R-CNN++: dense nested (UNet++) feature pyramids for detectron2",
     python_requires=">=3.9",
     packages=find_packages(include=["maskrcnnpp", "maskrcnnpp.*"]),
-    # The YAML configs ship inside the package (maskrcnnpp/configs links to ./configs), so the
+    # The YAML and LazyConfig configs ship inside the package (maskrcnnpp/configs links to ./configs), so the
     # model zoo finds them after a non-editable install, from any working directory.
-    package_data={"maskrcnnpp": ["configs/*.yaml"]},
+    package_data={"maskrcnnpp": ["configs/*.yaml", "configs/lazy/*.py"]},
     install_requires=[
         "numpy",
         "scipy",

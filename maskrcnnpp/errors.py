@@ -13,6 +13,11 @@ class TrainingDiverged(BaseException):
     the loop logging it as a crash with a traceback; the tools print it as one line.
     """
 
+    @classmethod
+    def at(cls, iteration, advice):
+        return cls(f"Training diverged at iteration {iteration}: the loss became infinite or NaN. "
+                   f"{advice}, then continue from the last checkpoint with --resume.")
+
 
 def did_you_mean(name, choices):
     """' Did you mean X?' for the closest of ``choices`` to ``name``, or an empty string."""

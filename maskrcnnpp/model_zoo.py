@@ -6,13 +6,17 @@ from detectron2.modeling import build_model
 from .checkpoint import load_weights
 from .config import build_cfg
 from .errors import UserInputError, did_you_mean
+from .lazy import build_lazy_model, is_lazy_config, load_lazy_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
 
 def list_configs():
-    """Names of the shipped configs, e.g. ``maskrcnnpp_R50.yaml``."""
-    return sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml"))
+    """Names of the shipped configs: ``maskrcnnpp_R50.yaml`` (yacs) and ``lazy/maskrcnnpp_R50.py``
+    (LazyConfig)."""
+    lazy = os.path.join(CONFIG_DIR, "lazy")
+    return sorted(f for f in os.listdir(CONFIG_DIR) if f.endswith(".yaml")) + sorted(
+        f"lazy/{f}" for f in os.listdir(lazy) if f.endswith(".py") and not f.startswith("_"))
 
 
 def get_config_file(config_path):
@@ -27,7 +31,8 @@ def get_config_file(config_path):
 
 
 def get_config(config_path, trained=False):
-    """A detectron2 CfgNode for a shipped config, with Mask R-CNN++ keys added.
+    """A detectron2 CfgNode for a shipped YAML config, with Mask R-CNN++ keys added, or the
+    LazyConfig of a shipped ``lazy/*.py`` one.
 
     No trained weights are published yet: ``trained=True`` raises instead of silently
     returning a randomly initialised model.
@@ -37,12 +42,17 @@ def get_config(config_path, trained=False):
             "No trained Mask R-CNN++ weights are published. Train one with tools/train_net.py "
             "and load it with MODEL.WEIGHTS=path/to/model_final.pth."
         )
+    if is_lazy_config(config_path):
+        return load_lazy_config(get_config_file(config_path))
     return build_cfg(get_config_file(config_path))
 
 
 def get(config_path, trained=False, device=None):
-    """Build the model of a shipped config (on ``device``, default the config's), in eval mode."""
+    """Build the model of a shipped YAML config (on ``device``, default the config's), in eval
+    mode; a LazyConfig's model is built the same way."""
     cfg = get_config(config_path, trained=trained)
+    if is_lazy_config(config_path):
+        return build_lazy_model(cfg, device).eval()
     if device is not None:
         cfg.MODEL.DEVICE = device
     model = build_model(cfg)

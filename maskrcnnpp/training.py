@@ -115,11 +115,9 @@ class Trainer(DefaultTrainer):
             super().run_step()
         except FloatingPointError:
             amp = "; or train in float32 (SOLVER.AMP.ENABLED False)" if self.cfg.SOLVER.AMP.ENABLED else ""
-            raise TrainingDiverged(
-                f"Training diverged at iteration {self.iter}: the loss became infinite or NaN. "
-                f"Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g}) or lengthen "
-                f"SOLVER.WARMUP_ITERS (now {self.cfg.SOLVER.WARMUP_ITERS}){amp}, then continue "
-                "from the last checkpoint with --resume."
+            raise TrainingDiverged.at(
+                self.iter, f"Lower SOLVER.BASE_LR (now {self.cfg.SOLVER.BASE_LR:g}) or lengthen "
+                f"SOLVER.WARMUP_ITERS (now {self.cfg.SOLVER.WARMUP_ITERS}){amp}"
             ) from None
 
     @classmethod

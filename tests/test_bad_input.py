@@ -28,6 +28,7 @@ from maskrcnnpp.data.coco_io import coco_dict, encode_mask
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
 DENSE = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")
+LAZY_DENSE = os.path.join(REPO, "configs", "lazy", "maskrcnnpp_R50.py")
 PREPARE = runpy.run_path(os.path.join(REPO, "datasets", "prepare_nuclei.py"))["main"]
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the machine without a GPU")
 
@@ -186,6 +187,14 @@ TRAIN_CASES = {
                                         "The weights do not fit this model"),
     "output folder under a file": (lambda t, w: [(t / "file").write_text("x"), train(t, output=t / "file" / "run")][-1],
                                    "is a file, not a folder"),
+    "LazyConfig override as KEY VALUE": (lambda t, w: ["--config-file", LAZY_DENSE, "train.max_iter", "5"],
+                                         "is written key=value, e.g. train.max_iter=100"),
+    "LazyConfig unknown topology": (lambda t, w: ["--config-file", LAZY_DENSE, "model.backbone.topology=densee"],
+                                    "Did you mean 'dense'?"),
+    "LazyConfig that fails to load": (lambda t, w: [(t / "broken.py").write_text("model = undefined_name\n"),
+                                                    "--config-file", t / "broken.py"][1:], "fails to load: NameError"),
+    "LazyConfig without a model": (lambda t, w: [(t / "empty.py").write_text("x = 1\n"),
+                                                 "--config-file", t / "empty.py"][1:], "defines no model, dataloader"),
 }
 
 

@@ -243,6 +243,24 @@ def test_fpn_topology_reproduces_detectron2_fpn_exactly():
         assert torch.equal(ours_out[name], theirs_out[name]), name
 
 
+def test_retinanet_backbone_reproduces_detectron2_retinanet_fpn_exactly():
+    retinanet = ["MODEL.FPN.IN_FEATURES", ["res3", "res4", "res5"],
+                 "MODEL.RESNETS.OUT_FEATURES", ["res3", "res4", "res5"]]
+    ours = build_backbone(make_cfg("maskrcnnpp_R50_fpn.yaml", *retinanet,
+                                   "MODEL.BACKBONE.NAME", "build_retinanet_resnet_dense_fpn_backbone",
+                                   "MODEL.DENSE_FPN.NODE_WIDTH", 64))
+    theirs = build_backbone(make_cfg("maskrcnn_R50_FPN.yaml", *retinanet,
+                                     "MODEL.BACKBONE.NAME", "build_retinanet_resnet_fpn_backbone"))
+    assert list(ours.output_shape()) == ["p3", "p4", "p5", "p6", "p7"]
+    assert ours.output_shape() == theirs.output_shape()
+    ours.load_state_dict(theirs.state_dict())  # strict: top_block.p6 / p7 too
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        ours_out, theirs_out = ours.eval()(x), theirs.eval()(x)
+    for name in theirs_out:
+        assert torch.equal(ours_out[name], theirs_out[name]), name
+
+
 def test_pruned_inference_computes_the_shallow_pyramid_for_fewer_flops():
     torch.manual_seed(0)
     full = build_backbone(make_cfg()).eval()

@@ -18,13 +18,15 @@ print(model_zoo.get_config_file("maskrcnnpp_R50.yaml"))
 cfg = model_zoo.get_config("maskrcnnpp_R50.yaml")
 assert cfg.MODEL.BACKBONE.NAME == "build_resnet_dense_fpn_backbone", cfg.MODEL.BACKBONE.NAME
 assert cfg.MODEL.DENSE_FPN.TOPOLOGY == "dense"
+assert model_zoo.get_config("lazy/maskrcnnpp_R50.py").model.backbone.topology == "dense"
 print("configs:", len(model_zoo.list_configs()))
 """
 
 
 def test_lists_and_finds_the_shipped_configs():
     names = model_zoo.list_configs()
-    assert {"Base-Nuclei.yaml", "maskrcnn_R50_FPN.yaml", "maskrcnnpp_R50.yaml"} <= set(names)
+    assert {"Base-Nuclei.yaml", "maskrcnn_R50_FPN.yaml", "maskrcnnpp_R50.yaml",
+            "lazy/maskrcnn_R50_FPN.py", "lazy/maskrcnnpp_R50.py"} <= set(names)
     assert os.path.isfile(model_zoo.get_config_file("maskrcnn_R50_FPN.yaml"))
 
 
@@ -33,8 +35,9 @@ def test_unknown_config_name_suggests_the_closest():
         model_zoo.get_config_file("maskrcnnpp_R5.yaml")
 
 
-def test_get_builds_the_dense_model_on_cpu():
-    model = model_zoo.get("maskrcnnpp_R50.yaml", device="cpu")
+@pytest.mark.parametrize("name", ["maskrcnnpp_R50.yaml", "lazy/maskrcnnpp_R50.py"])
+def test_get_builds_the_dense_model_on_cpu(name):
+    model = model_zoo.get(name, device="cpu")
     assert not model.training
     assert type(model.backbone).__name__ == "DenseFPN"
     with pytest.raises(UserInputError, match="No trained Mask R-CNN\\+\\+ weights"):

@@ -5,12 +5,17 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/model_final.pth
     python tools/train_net.py --config-file CFG --resume            # continue from the last checkpoint
     python tools/train_net.py --config-file CFG --num-gpus 8        # NCCL on GPUs, gloo processes on CPU
+    python tools/train_net.py --config-file configs/lazy/maskrcnnpp_R50.py train.max_iter=3000
+
+A ``.py`` config is a LazyConfig (overrides key=value), trained as detectron2's
+tools/lazyconfig_train_net.py trains it; a ``.yaml`` one goes through the Trainer (KEY VALUE).
 """
 import os
 import sys
 
 import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -22,6 +27,14 @@ from maskrcnnpp.data.augment import build_nuclei_augmentations
 from maskrcnnpp.data.datasets import check_datasets
 from maskrcnnpp.errors import TrainingDiverged, UserInputError
 from maskrcnnpp.io_utils import check_writable
+from maskrcnnpp.lazy import (
+    build_lazy_model,
+    check_lazy_inputs,
+    evaluate_lazy,
+    is_lazy_config,
+    load_lazy_config,
+    train_lazy,
+)
 from maskrcnnpp.training import Trainer, enable_cpu_ddp
 
 
@@ -36,8 +49,9 @@ def setup(args):
 def train_or_evaluate(args):
     """What each launched process runs. Several processes (one per GPU) stop on a diverged run
     or bad input with the main process's line and exit code 2, without a traceback."""
+    run = _train_or_evaluate_lazy if is_lazy_config(args.config_file) else _train_or_evaluate
     try:
-        return _train_or_evaluate(args)
+        return run(args)
     except (UserInputError, TrainingDiverged) as e:
         if comm.get_world_size() == 1:
             raise  # one process: cli.run prints it
@@ -62,6 +76,17 @@ def _train_or_evaluate(args):
     return trainer.train()
 
 
+def _train_or_evaluate_lazy(args):
+    enable_cpu_ddp()
+    cfg = load_lazy_config(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = create_ddp_model(build_lazy_model(cfg))
+        NucleiCheckpointer(model).load(cfg.train.init_checkpoint)
+        return evaluate_lazy(cfg, model)
+    return train_lazy(cfg, resume=args.resume)
+
+
 def weights_to_load(cfg, resume):
     """The file training or evaluation starts from: with --resume, OUTPUT_DIR's last checkpoint
     where there is one, else MODEL.WEIGHTS (as detectron2's resume_or_load decides)."""
@@ -77,6 +102,9 @@ def check_inputs(args):
     reference, and a writable OUTPUT_DIR."""
     if not args.config_file:
         raise UserInputError("--config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
+    if is_lazy_config(args.config_file):
+        check_lazy_inputs(load_lazy_config(args.config_file, args.opts), args.eval_only)
+        return
     cfg = build_cfg(args.config_file, args.opts)
     if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
         raise UserInputError(

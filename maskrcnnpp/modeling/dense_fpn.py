@@ -16,13 +16,20 @@ from torch import nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
-from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..errors import UserInputError, check_choice
 from .topology import WIRINGS, Node, available_depths, pyramid_nodes, schedule
 
-__all__ = ["DenseFPN", "build_resnet_dense_fpn_backbone", "FUSIONS", "NODE_BLOCKS", "UPSAMPLERS"]
+__all__ = [
+    "DenseFPN",
+    "build_resnet_dense_fpn_backbone",
+    "build_retinanet_resnet_dense_fpn_backbone",
+    "FUSIONS",
+    "NODE_BLOCKS",
+    "UPSAMPLERS",
+]
 
 
 def _concat(inputs):
@@ -142,8 +149,9 @@ class DenseFPN(Backbone):
 
     Node X^{i,0} is the lateral 1x1 projection of ``in_features[i]`` to ``node_width``; every
     node of the table is ``block(fuse(resized inputs))``; pyramid level i is the output conv
-    (3x3, node_width -> out_channels) of X^{i, min(d, L-i)} for depth d, and p6 is max-pooled
-    from p5 as in FPN. Laterals and output convs carry FPN's names (``fpn_lateral2``,
+    (3x3, node_width -> out_channels) of X^{i, min(d, L-i)} for depth d, and the top block adds
+    the coarser levels as in FPN (p6 max-pooled from p5 for R-CNN, p6 and p7 convolved for
+    RetinaNet). Laterals and output convs carry FPN's names (``fpn_lateral2``,
     ``fpn_output2``...), so with the fpn wiring, sum fusion and identity blocks, a detectron2 FPN
     state dict loads as is and gives the same outputs.
 
@@ -157,31 +165,41 @@ class DenseFPN(Backbone):
         bottom_up,
         in_features,
         out_channels,
-        wiring,
         *,
+        topology="dense",
         node_width,
         fusion="concat",
         node_block="reduce_conv3x3",
         norm="",
         upsample="nearest",
         inference_depth=0,
+        top_block=None,
     ):
         """
         Args:
             bottom_up (Backbone): gives ``in_features``, finest first, strides log2-contiguous.
             in_features (list[str]): e.g. ["res2", "res3", "res4", "res5"].
             out_channels (int): channels of every pyramid level (FPN.OUT_CHANNELS).
-            wiring (dict[Node, list[Edge]]): the topology, from :data:`.topology.WIRINGS`.
+            topology (str): a key of :data:`.topology.WIRINGS`, the table this neck walks.
             node_width (int): channels of every grid node, laterals included.
             fusion, node_block, upsample (str): keys of FUSIONS, NODE_BLOCKS, UPSAMPLERS.
             norm (str): detectron2 norm name for laterals, nodes and output convs ("" for none).
             inference_depth (int): pyramid depth used in eval mode; 0 for the full depth.
+            top_block (nn.Module or None): extra coarser levels, as in detectron2's FPN:
+                ``LastLevelMaxPool()`` (p6 for R-CNN) or ``LastLevelP6P7(C, out_channels,
+                in_feature)`` (p6, p7 for RetinaNet, from "p5" or from the bottom-up "res5").
+
+        Every option is checked here, so a config of any kind (yacs or LazyConfig) that builds
+        this neck with a bad one gets the same one-line UserInputError.
         """
         super().__init__()
+        wiring = _checked_wiring(bottom_up, in_features, topology, fusion, node_block, upsample,
+                                 inference_depth)
         input_shapes = bottom_up.output_shape()
         stages = [int(math.log2(input_shapes[f].stride)) for f in in_features]
         self.bottom_up = bottom_up
         self.in_features = tuple(in_features)
+        self.topology = topology
         self.wiring = wiring
         self.num_levels = len(in_features)
         self.full_depth = self.num_levels - 1
@@ -229,8 +247,12 @@ class DenseFPN(Backbone):
                     factor = 2 ** abs(edge.source.level - node.level)
                     self.resizers[name] = make_resizer[edge.resize](node_width, factor)
 
-        self.top_block = LastLevelMaxPool()
-        self._out_feature_strides = {f"p{s}": 2**s for s in stages + [stages[-1] + 1]}
+        self.top_block = top_block
+        self._out_feature_strides = {f"p{s}": 2**s for s in stages}
+        if top_block is not None:
+            _check_top_block(top_block, input_shapes, self._out_feature_strides, out_channels)
+            for s in range(stages[-1] + 1, stages[-1] + 1 + top_block.num_levels):
+                self._out_feature_strides[f"p{s}"] = 2**s
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {name: out_channels for name in self._out_features}
         self._size_divisibility = 2 ** stages[-1]
@@ -265,7 +287,11 @@ class DenseFPN(Backbone):
                 if node not in projected:
                     projected[node] = self.output_convs[node.level](nodes[node])
                 pyramid[name] = projected[node]
-            (pyramid[self._out_features[-1]],) = self.top_block(pyramid[self._out_features[-2]])
+            if self.top_block is not None:
+                source = self.top_block.in_feature
+                extra = self.top_block(pyramid[source] if source in pyramid
+                                       else bottom_up_features[source])
+                pyramid.update(zip(self._out_features[self.num_levels:], extra))
             pyramids[depth] = pyramid
         return pyramids
 
@@ -288,39 +314,89 @@ class DenseFPN(Backbone):
         return cache[key]
 
 
-@BACKBONE_REGISTRY.register()
-def build_resnet_dense_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """ResNet + :class:`DenseFPN` configured by ``cfg.MODEL.DENSE_FPN``; FPN.IN_FEATURES,
-    FPN.OUT_CHANNELS and the p2...p6 outputs are those of ``build_resnet_fpn_backbone``."""
-    dense = cfg.MODEL.DENSE_FPN
-    for key, choices in (
-        ("TOPOLOGY", WIRINGS),
-        ("FUSION", FUSIONS),
-        ("NODE_BLOCK", NODE_BLOCKS),
-        ("UPSAMPLE", UPSAMPLERS),
+def _checked_wiring(bottom_up, in_features, topology, fusion, node_block, upsample,
+                    inference_depth):
+    """The wiring table of ``topology`` for ``in_features``, once every option is valid."""
+    for key, value, choices in (
+        ("TOPOLOGY", topology, WIRINGS),
+        ("FUSION", fusion, FUSIONS),
+        ("NODE_BLOCK", node_block, NODE_BLOCKS),
+        ("UPSAMPLE", upsample, UPSAMPLERS),
     ):
-        check_choice(f"MODEL.DENSE_FPN.{key}", dense[key], choices)
-    if dense.NODE_BLOCK == "identity" and dense.FUSION != "sum":
+        check_choice(f"MODEL.DENSE_FPN.{key}", value, choices)
+    if node_block == "identity" and fusion != "sum":
         raise UserInputError(
             "MODEL.DENSE_FPN.NODE_BLOCK='identity' keeps its input's channels, so it needs "
             "MODEL.DENSE_FPN.FUSION='sum'; use a conv block to merge concatenated inputs."
         )
-    in_features = cfg.MODEL.FPN.IN_FEATURES
-    wiring = WIRINGS[dense.TOPOLOGY](len(in_features))
-    check_choice(
-        "MODEL.DENSE_FPN.INFERENCE_DEPTH",
-        dense.INFERENCE_DEPTH,
-        [0] + available_depths(wiring, len(in_features)),
-    )
+    available = bottom_up.output_shape()
+    unknown = [f for f in in_features if f not in available]
+    if unknown or len(in_features) < 2:
+        raise UserInputError(
+            f"The neck's in_features {list(in_features)} must be two or more of the bottom-up "
+            f"outputs {list(available)}, finest first."
+        )
+    wiring = WIRINGS[topology](len(in_features))
+    check_choice("MODEL.DENSE_FPN.INFERENCE_DEPTH", inference_depth,
+                 [0] + available_depths(wiring, len(in_features)))
+    return wiring
+
+
+def _check_top_block(top_block, input_shapes, pyramid_strides, out_channels):
+    """Raise unless ``top_block`` reads an existing feature with the channels it expects."""
+    source = getattr(top_block, "in_feature", None)
+    if source in input_shapes:
+        channels = input_shapes[source].channels
+    elif source in pyramid_strides:
+        channels = out_channels
+    else:
+        raise UserInputError(
+            f"The top block {type(top_block).__name__} reads {source!r}, which is neither a "
+            f"pyramid level {list(pyramid_strides)} nor a bottom-up in-feature; set its in_feature "
+            "to the last of them (e.g. 'p5' or 'res5')."
+        )
+    if source != list(pyramid_strides)[-1] and source not in input_shapes:
+        raise UserInputError(
+            f"The top block reads {source!r}, but it extends the pyramid from its coarsest "
+            f"level {list(pyramid_strides)[-1]!r}; read that level (or the bottom-up feature)."
+        )
+    convs = [m for m in top_block.modules() if isinstance(m, nn.Conv2d)]
+    if convs and convs[0].in_channels != channels:
+        raise UserInputError(
+            f"The top block {type(top_block).__name__} takes {convs[0].in_channels} channels, "
+            f"but {source!r} has {channels}; build it with in_channels={channels}."
+        )
+
+
+def _dense_fpn_from_config(cfg, bottom_up, top_block):
+    dense = cfg.MODEL.DENSE_FPN
     return DenseFPN(
-        bottom_up=build_resnet_backbone(cfg, input_shape),
-        in_features=in_features,
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-        wiring=wiring,
+        topology=dense.TOPOLOGY,
         node_width=dense.NODE_WIDTH,
         fusion=dense.FUSION,
         node_block=dense.NODE_BLOCK,
         norm=dense.NORM,
         upsample=dense.UPSAMPLE,
         inference_depth=dense.INFERENCE_DEPTH,
+        top_block=top_block,
     )
+
+
+@BACKBONE_REGISTRY.register()
+def build_resnet_dense_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet + :class:`DenseFPN` configured by ``cfg.MODEL.DENSE_FPN``; FPN.IN_FEATURES,
+    FPN.OUT_CHANNELS and the p2...p6 outputs are those of ``build_resnet_fpn_backbone``."""
+    return _dense_fpn_from_config(cfg, build_resnet_backbone(cfg, input_shape), LastLevelMaxPool())
+
+
+@BACKBONE_REGISTRY.register()
+def build_retinanet_resnet_dense_fpn_backbone(cfg, input_shape: ShapeSpec):
+    """ResNet + :class:`DenseFPN` for RetinaNet: p6 and p7 from res5, as in detectron2's
+    ``build_retinanet_resnet_fpn_backbone`` (usually FPN.IN_FEATURES res3-res5: p3...p7)."""
+    bottom_up = build_resnet_backbone(cfg, input_shape)
+    res5_channels = bottom_up.output_shape()["res5"].channels
+    top_block = LastLevelP6P7(res5_channels, cfg.MODEL.FPN.OUT_CHANNELS, in_feature="res5")
+    return _dense_fpn_from_config(cfg, bottom_up, top_block)
