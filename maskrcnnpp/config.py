@@ -8,6 +8,7 @@ import torch
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from detectron2.projects.point_rend import add_pointrend_config
 from detectron2.utils.logger import log_first_n
 
 from .data.datasets import register_config_datasets
@@ -17,7 +18,10 @@ from .modeling.mask_head import HybridLossMaskHead
 
 
 def add_maskrcnnpp_config(cfg):
-    """Add every Mask R-CNN++ key to ``cfg`` (a detectron2 CfgNode), with its default."""
+    """Add every Mask R-CNN++ key to ``cfg`` (a detectron2 CfgNode), with its default, and
+    detectron2's PointRend keys (``add_pointrend_config``: MODEL.POINT_HEAD, the coarse mask
+    head's ROI_MASK_HEAD.FC_DIM...), so the pointrend_*.yaml configs load like any other."""
+    add_pointrend_config(cfg)
     # The pyramid neck built by the dense backbone builders (see maskrcnnpp/modeling).
     cfg.MODEL.DENSE_FPN = CN()
     # Wiring of the nested grid: "fpn", "nested" (UNet+), "dense" (UNet++), "fullscale" (UNet 3+).
