@@ -116,9 +116,15 @@ def test_a_rerun_reuses_the_finished_runs(compared, setup, capsys):
         folder: (os.path.getmtime(folder / "model_final.pth"), (folder / "train.log").read_text())
         for folder in run_folders(setup["output"])
     }
+    # a run whose result file an earlier version wrote, without the per-type metrics
+    older = sorted(before)[0] / "run_result.json"
+    stored = json.loads(older.read_text())
+    by_type = stored.pop("metrics_by_type")
+    older.write_text(json.dumps(stored))
     report = compare(setup["configs"], setup["output"], SEEDS, setup["opts"], image_size=128,
                      repeats=1)
     assert capsys.readouterr().out.count("finished earlier, reused") == 4
+    assert by_type and json.loads(older.read_text())["metrics_by_type"] == by_type
     after = {
         folder: (os.path.getmtime(folder / "model_final.pth"), (folder / "train.log").read_text())
         for folder in run_folders(setup["output"])
