@@ -117,9 +117,13 @@ def run_all(runs, num_gpus):
             tqdm.write(f"{run.describe(position, len(runs))} - finished earlier, reused")
             with open(run.path(RESULT_FILE)) as f:
                 stored = json.load(f)
-            # Collected again from the run's folder, so that a run made by an earlier version
-            # reports what this one does (per-type metrics); its measured wall time is kept.
-            result = {**stored, **collect_run(run, FIGURE_METRIC)}
+            # Collected again from the run's folder where it still holds the evaluator's files,
+            # so that a run made by an earlier version reports what this one does (per-type
+            # metrics); its measured wall time is kept.
+            try:
+                result = {**stored, **collect_run(run, FIGURE_METRIC)}
+            except RunFailed:
+                result = stored
         else:
             wall_seconds = train(run, position, len(runs), num_gpus)
             # wall_seconds: training and final evaluation, this call
