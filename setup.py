@@ -26,5 +26,6 @@ setup(
         "tqdm",
         "Pillow",
     ],
-    extras_require={"test": ["pytest"]},
+    # export: ONNX files written and run by tools/export_model.py; the tests check that export too.
+    extras_require={"export": ["onnx", "onnxruntime"], "test": ["pytest", "onnx", "onnxruntime"]},
 )

@@ -15,11 +15,12 @@ if version_tuple(torch.__version__) < MIN_TORCH:
         f"{torch.__version__}. Upgrade it (bash scripts/install.sh names the command), then retry."
     )
 
-# fvcore scripts its focal loss when detectron2 imports it, and torch >= 2.10 warns that
-# torch.jit.script is deprecated: a warning about the dependencies' import that users cannot act on,
-# which would otherwise open every tool's output (and stand above its one-line errors).
+# fvcore scripts its focal loss when detectron2 imports it, the neck declares a TorchScript
+# interface (for export), and torch >= 2.10 warns that torch.jit.script and torch.jit.interface are
+# deprecated: warnings at import that users cannot act on, which would otherwise open every tool's
+# output (and stand above its one-line errors).
 with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|interface)` is deprecated",
                             category=FutureWarning)
     from . import data  # noqa: E402,F401  (registers the nuclei datasets)
     from . import modeling  # noqa: E402,F401  (registers the dense backbones and meta-architecture)

@@ -118,7 +118,7 @@ def check_model(cfg, weights=None):
     """Build the model of ``cfg`` on the CPU, as the tools run it (with its overlap-tile
     predictor), and load ``weights`` (default MODEL.WEIGHTS, none if empty) into it: a choice that
     cannot be built, or a missing, unreadable, unsafe or unfitting weights file, fails here with
-    its one-line error, before a tool writes anything."""
+    its one-line error, before a tool writes anything. Returns the model (eval mode)."""
     weights = cfg.MODEL.WEIGHTS if weights is None else weights
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise UserInputError(f"The weights file {weights} does not exist.")
@@ -132,3 +132,4 @@ def check_model(cfg, weights=None):
     TiledPredictor(cfg, model=model)  # checks TEST.TILE and INPUT.FORMAT
     if weights:
         load_weights(cfg, model)
+    return model.eval()

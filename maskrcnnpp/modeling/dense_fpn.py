@@ -6,13 +6,14 @@ between FPN, UNet+, UNet++ and UNet 3+ is only the table from :mod:`.topology`; 
 its inputs (fusion), the block after it, the normalization and the upsampling are options.
 """
 
-import functools
+import copy
 import math
+from typing import Dict, List
 
 import fvcore.nn.weight_init as weight_init
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
@@ -32,19 +33,14 @@ __all__ = [
 ]
 
 
-def _concat(inputs):
-    return torch.cat(inputs, dim=1)
-
-
-def _sum(inputs):
-    return functools.reduce(torch.add, inputs)
-
-
 # How a node merges its inputs (each has the node width); concatenation multiplies the channels.
-FUSIONS = {"concat": _concat, "sum": _sum}
+FUSIONS = {
+    "concat": "stack the inputs along channels (k x node width into the node block)",
+    "sum": "add the inputs (node width into the node block)",
+}
 
 
-def _conv_norm(in_channels, out_channels, kernel_size, norm, activation=F.relu):
+def _conv_norm(in_channels, out_channels, kernel_size, norm, relu=True):
     conv = Conv2d(
         in_channels,
         out_channels,
@@ -52,7 +48,7 @@ def _conv_norm(in_channels, out_channels, kernel_size, norm, activation=F.relu):
         padding=kernel_size // 2,
         bias=not norm,
         norm=get_norm(norm, out_channels),
-        activation=activation,
+        activation=nn.ReLU() if relu else None,  # a module, not F.relu: TorchScript calls it
     )
     weight_init.c2_msra_fill(conv)
     return conv
@@ -69,7 +65,7 @@ class ResidualNodeBlock(nn.Module):
         super().__init__()
         self.reduce = _conv_norm(in_channels, width, 1, norm) if in_channels != width else None
         self.conv1 = _conv_norm(width, width, 3, norm)
-        self.conv2 = _conv_norm(width, width, 3, norm, activation=None)
+        self.conv2 = _conv_norm(width, width, 3, norm, relu=False)
 
     def forward(self, x):
         if self.reduce is not None:
@@ -90,6 +86,15 @@ NODE_BLOCKS = {
 }
 
 
+@torch.jit.interface
+class Resizer(nn.Module):
+    """What every resizer is: (x, target size) -> x at that size. TorchScript calls a module
+    picked from ``DenseFPN.resizers`` by name only through such an interface."""
+
+    def forward(self, x: Tensor, size: List[int]) -> Tensor:
+        pass
+
+
 class Interpolate(nn.Module):
     """Parameter-free upsampling to the exact size of the target level.
 
@@ -102,7 +107,7 @@ class Interpolate(nn.Module):
         self.mode = mode
         self.align_corners = False if mode == "bilinear" else None
 
-    def forward(self, x, size):
+    def forward(self, x: Tensor, size: List[int]) -> Tensor:
         return F.interpolate(x, size=size, mode=self.mode, align_corners=self.align_corners)
 
 
@@ -121,14 +126,14 @@ class TransposedConvUpsample(nn.Module):
             self.deconv.weight[range(channels), range(channels)] = 1.0
             self.deconv.bias.zero_()
 
-    def forward(self, x, size):
+    def forward(self, x: Tensor, size: List[int]) -> Tensor:
         return self.deconv(x)[..., : size[0], : size[1]]
 
 
 class MaxPoolDown(nn.Module):
     """UNet 3+'s downsampling of finer levels: max-pool to the exact size of the target level."""
 
-    def forward(self, x, size):
+    def forward(self, x: Tensor, size: List[int]) -> Tensor:
         return F.adaptive_max_pool2d(x, size)
 
 
@@ -159,6 +164,9 @@ class DenseFPN(Backbone):
     eval mode, computing only the nodes that pyramid needs; :meth:`forward_pyramids` returns
     several depths from one pass over the grid (deep supervision).
     """
+
+    # The table itself is for Python (tests, reports); forward reads its compiled, name-keyed form.
+    __jit_ignored_attributes__ = ["wiring"]
 
     def __init__(
         self,
@@ -231,7 +239,7 @@ class DenseFPN(Backbone):
             self.lateral_convs.append(lateral)
             self.output_convs.append(output)
 
-        self._fuse = FUSIONS[fusion]
+        self.fusion = fusion
         make_resizer = {
             "maxpool": lambda channels, factor: MaxPoolDown(),
             "upsample": UPSAMPLERS[upsample],
@@ -247,6 +255,28 @@ class DenseFPN(Backbone):
                     factor = 2 ** abs(edge.source.level - node.level)
                     self.resizers[name] = make_resizer[edge.resize](node_width, factor)
 
+        # The wiring table compiled to names, the only types TorchScript can key by: laterals,
+        # each node's inputs as (source, resizer or "" for same level, lateral giving the size),
+        # and per depth the nodes to compute (pruning) and the node read at each level.
+        self._lateral_names = [str(Node(level, 0)) for level in range(self.num_levels)]
+        self._inputs = {
+            str(node): [
+                (str(e.source),
+                 "" if e.resize == "identity" else _resizer_name(e.source, node.level),
+                 str(Node(node.level, 0)))
+                for e in edges
+            ]
+            for node, edges in wiring.items()
+        }
+        self._steps = {
+            depth: [str(n) for n in schedule(wiring, pyramid_nodes(self.num_levels, depth))]
+            for depth in self.available_depths
+        }
+        self._pyramid_nodes = {
+            depth: [str(n) for n in pyramid_nodes(self.num_levels, depth)]
+            for depth in self.available_depths
+        }
+
         self.top_block = top_block
         self._out_feature_strides = {f"p{s}": 2**s for s in stages}
         if top_block is not None:
@@ -256,7 +286,6 @@ class DenseFPN(Backbone):
         self._out_features = list(self._out_feature_strides)
         self._out_feature_channels = {name: out_channels for name in self._out_features}
         self._size_divisibility = 2 ** stages[-1]
-        self._schedules = {}
 
     @property
     def size_divisibility(self):
@@ -265,53 +294,81 @@ class DenseFPN(Backbone):
     def forward(self, x):
         """The pyramid {"p2": ..., "p6": ...}: full depth in training, inference_depth in eval."""
         depth = self.full_depth if self.training else self.inference_depth
-        return self.forward_pyramids(x, [depth])[depth]
+        bottom_up_features = self.bottom_up(x)
+        nodes = self._walk(bottom_up_features, self._steps[depth])
+        projected: Dict[str, Tensor] = {}
+        return self._pyramid(bottom_up_features, nodes, self._pyramid_nodes[depth], projected)
 
+    @torch.jit.unused
     def forward_pyramids(self, x, depths):
         """{depth: pyramid} for each of ``depths``; each node and output conv is computed once."""
         bottom_up_features = self.bottom_up(x)
-        nodes = {
-            Node(level, 0): lateral(bottom_up_features[feature])
-            for level, (feature, lateral) in enumerate(zip(self.in_features, self.lateral_convs))
-        }
-        resized = {}
-        for node in self._schedule(depths):
-            inputs = [self._resized(nodes, resized, edge, node.level) for edge in self.wiring[node]]
-            nodes[node] = self.nodes[str(node)](self._fuse(inputs))
-
+        steps = [name for name in self.nodes if any(name in self._steps[d] for d in depths)]
+        nodes = self._walk(bottom_up_features, steps)
         projected = {}  # output convs are shared across depths: each node is projected once
-        pyramids = {}
-        for depth in depths:
-            pyramid = {}
-            for name, node in zip(self._out_features, pyramid_nodes(self.num_levels, depth)):
-                if node not in projected:
-                    projected[node] = self.output_convs[node.level](nodes[node])
-                pyramid[name] = projected[node]
-            if self.top_block is not None:
-                source = self.top_block.in_feature
-                extra = self.top_block(pyramid[source] if source in pyramid
-                                       else bottom_up_features[source])
-                pyramid.update(zip(self._out_features[self.num_levels:], extra))
-            pyramids[depth] = pyramid
-        return pyramids
+        return {
+            depth: self._pyramid(bottom_up_features, nodes, self._pyramid_nodes[depth], projected)
+            for depth in depths
+        }
 
-    def _schedule(self, depths):
-        """The nodes to compute for ``depths``, in wiring order (cached: a handful of keys)."""
-        key = tuple(depths)
-        if key not in self._schedules:
-            outputs = [n for d in depths for n in pyramid_nodes(self.num_levels, d)]
-            self._schedules[key] = schedule(self.wiring, outputs)
-        return self._schedules[key]
+    def _walk(self, bottom_up_features: Dict[str, Tensor], steps: List[str]) -> Dict[str, Tensor]:
+        """Every lateral and the grid nodes named in ``steps``, in wiring order; each input is
+        resized once per (source, target level)."""
+        nodes: Dict[str, Tensor] = {}
+        for level, lateral in enumerate(self.lateral_convs):
+            nodes[self._lateral_names[level]] = lateral(bottom_up_features[self.in_features[level]])
+        resized: Dict[str, Tensor] = {}
+        for name, block in self.nodes.items():  # wiring order
+            if name in steps:
+                inputs: List[Tensor] = []
+                for source, resizer_name, size_of in self._inputs[name]:
+                    if resizer_name == "":
+                        inputs.append(nodes[source])
+                        continue
+                    if resizer_name not in resized:
+                        resizer: Resizer = self.resizers[resizer_name]
+                        resized[resizer_name] = resizer.forward(
+                            nodes[source], nodes[size_of].shape[-2:]
+                        )
+                    inputs.append(resized[resizer_name])
+                nodes[name] = block(self._fused(inputs))
+        return nodes
 
-    def _resized(self, nodes, cache, edge, level):
-        """``edge``'s source at ``level``'s size, resized once per (source, level) per forward."""
-        if edge.resize == "identity":
-            return nodes[edge.source]
-        key = (edge.source, level)
-        if key not in cache:
-            resizer = self.resizers[_resizer_name(edge.source, level)]
-            cache[key] = resizer(nodes[edge.source], nodes[Node(level, 0)].shape[-2:])
-        return cache[key]
+    def _fused(self, inputs: List[Tensor]) -> Tensor:
+        if self.fusion == "concat":
+            return torch.cat(inputs, dim=1)
+        total = inputs[0]
+        for feature in inputs[1:]:
+            total = total + feature
+        return total
+
+    def _pyramid(self, bottom_up_features: Dict[str, Tensor], nodes: Dict[str, Tensor],
+                 level_nodes: List[str], projected: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """{"p2": ...}: the output conv of each level's node in ``level_nodes`` (once per node,
+        kept in ``projected``), then the top block's levels."""
+        pyramid: Dict[str, Tensor] = {}
+        for level, output_conv in enumerate(self.output_convs):
+            node = level_nodes[level]
+            if node not in projected:
+                projected[node] = output_conv(nodes[node])
+            pyramid[self._out_features[level]] = projected[node]
+        if self.top_block is not None:
+            source = self.top_block.in_feature
+            top_input = pyramid[source] if source in pyramid else bottom_up_features[source]
+            for i, feature in enumerate(self.top_block(top_input)):
+                pyramid[self._out_features[self.num_levels + i]] = feature
+        return pyramid
+
+    def __prepare_scriptable__(self):
+        """A copy TorchScript can compile: the conv lists become ModuleLists (as detectron2 does
+        for its FPN in detectron2.export), which renames their parameters in the scripted copy."""
+        scriptable = copy.deepcopy(self)
+        scriptable.lateral_convs = nn.ModuleList(scriptable.lateral_convs)
+        scriptable.output_convs = nn.ModuleList(scriptable.output_convs)
+        for name, _ in self.named_children():
+            if name.startswith("fpn_"):
+                delattr(scriptable, name)
+        return scriptable
 
 
 def _checked_wiring(bottom_up, in_features, topology, fusion, node_block, upsample,

@@ -13,7 +13,11 @@ import torch
 from detectron2.config import configurable
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads import ROI_MASK_HEAD_REGISTRY
-from detectron2.modeling.roi_heads.mask_head import MaskRCNNConvUpsampleHead, mask_rcnn_loss
+from detectron2.modeling.roi_heads.mask_head import (
+    MaskRCNNConvUpsampleHead,
+    mask_rcnn_inference,
+    mask_rcnn_loss,
+)
 from detectron2.structures import Instances
 
 from ..errors import UserInputError, check_choice
@@ -79,10 +83,15 @@ class HybridLossMaskHead(MaskRCNNConvUpsampleHead):
         return ret
 
     def forward(self, x, instances: List[Instances]):
-        if not (self.training and self.dice_weight > 0):
-            return super().forward(x, instances)
+        # detectron2's BaseMaskRCNNHead.forward plus the Dice term; the test on ``self.training``
+        # alone is what TorchScript resolves when exporting (detectron2.export freezes it).
         x = self.layers(x)
-        return {
-            "loss_mask": mask_rcnn_loss(x, instances, self.vis_period) * self.loss_weight,
-            "loss_mask_dice": soft_dice_loss(x, instances) * self.dice_weight * self.loss_weight,
-        }
+        if not self.training:
+            mask_rcnn_inference(x, instances)
+            return instances
+        losses = {"loss_mask": mask_rcnn_loss(x, instances, self.vis_period) * self.loss_weight}
+        if self.dice_weight > 0:
+            losses["loss_mask_dice"] = (
+                soft_dice_loss(x, instances) * self.dice_weight * self.loss_weight
+            )
+        return losses
