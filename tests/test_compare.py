@@ -11,6 +11,8 @@ from conftest import REPO, TINY_TRAINING, run_tool
 
 from compare import (  # tools/compare.py
     ACCURACY_METRICS,
+    _csv_rows,
+    _figure,
     shell_words,
     compare,
     format_markdown,
@@ -145,11 +147,12 @@ def test_the_comparison_sets_seeds_itself(setup, tmp_path):
         plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SEED", "3"], tmp_path)
 
 
-def test_one_seed_says_the_t_test_is_not_available(setup, tmp_path):
-    runs = plan_runs(setup["configs"], [0], setup["opts"], tmp_path)
+def fake_results(runs, metrics):
+    """(run results, benchmark) of ``runs`` as if trained and measured, the i-th run's
+    nuclei_metrics.json being ``metrics(i, run)``."""
     run_results = [
-        {"config": run.name, "seed": 0, "train_s_per_iter": 0.5, "loss_curve": [[0, 1.0]],
-         "eval_curve": [], "metrics": {key: 10.0 + index for key, _, _ in ACCURACY_METRICS}}
+        {"config": run.name, "seed": run.seed, "train_s_per_iter": 0.5, "loss_curve": [[0, 1.0]],
+         "eval_curve": [[0, 1.0]], "metrics": metrics(index, run)}
         for index, run in enumerate(runs)
     ]
     speed = {"model_params": 1e7, "model_flops": 1e9, "ms_per_image": 20.0, "peak_memory_mb": 50.0,
@@ -159,7 +162,13 @@ def test_one_seed_says_the_t_test_is_not_available(setup, tmp_path):
         "settings": {"image_size": 128, "repeats": 1}, "machine": {"device": "cpu"},
         "memory_method": "CPU", "results": [{"config": run.name, **speed} for run in runs],
     }
-    report = summarize(runs, run_results, measured)
+    return run_results, measured
+
+
+def test_one_seed_says_the_t_test_is_not_available(setup, tmp_path):
+    runs = plan_runs(setup["configs"], [0], setup["opts"], tmp_path)
+    report = summarize(runs, *fake_results(
+        runs, lambda index, run: {key: 10.0 + index for key, _, _ in ACCURACY_METRICS}))
     assert not report["paired_t_test"]["available"]
     assert report["results"][1]["paired_t_test"] is None
     assert report["results"][1]["std"]["mask_AP"] is None
@@ -174,3 +183,31 @@ def test_overrides_are_shown_as_they_would_be_typed():
     words = shell_words(tokens)
     assert words.startswith("DATASETS.TRAIN \"('dsb2018_train',)\" SOLVER.MAX_ITER 600")
     assert shlex.split(words) == tokens
+
+
+def test_a_box_only_detector_is_compared_on_box_ap(setup, tmp_path):
+    """RetinaNet has box AP and no mask metrics: n/a and a note, t-tests on box AP alone, and
+    box AP plotted for every config."""
+    configs = [QUICKSTART, os.path.join(REPO, "configs", "retinanet_R50_FPN.yaml")]
+    runs = plan_runs(configs, SEEDS, setup["opts"], tmp_path)
+
+    def metrics(index, run):
+        if run.name == "retinanet_R50_FPN":
+            return {"box_AP": 30.0 + 2 * run.seed, "num_images": 4, "max_dets": 1000,
+                    "mask_metrics": "not applicable: the model predicts boxes only"}
+        masks = {key: 10.0 + run.seed for key, _, _ in ACCURACY_METRICS}
+        return {**masks, "box_AP": 20.0 + run.seed}
+
+    report = summarize(runs, *fake_results(runs, metrics))
+    assert report["figure_metric"] == "box_AP"
+    mask_rcnn, retinanet = report["results"]
+    assert mask_rcnn["predicts_masks"] and not retinanet["predicts_masks"]
+    assert retinanet["mean"]["mask_AP"] is None and retinanet["mean"]["box_AP"] == 31.0
+    assert retinanet["paired_t_test"]["mask_AP"]["p"] is None
+    assert retinanet["paired_t_test"]["box_AP"]["mean_difference"] == pytest.approx(10.5)
+    markdown = format_markdown(report)
+    assert "n/a: the mask metrics do not apply to retinanet_R50_FPN, which predict" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| retinanet_R50_FPN"))
+    assert "| n/a " in row and "31.00 ± 1.41" in row
+    assert _csv_rows(report)[1]["mask_AP_mean"] is None
+    _figure(report)  # box AP for both

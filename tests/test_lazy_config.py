@@ -1,5 +1,6 @@
 """LazyConfig: the Python twins of the YAML configs build the same models, check their options
-with the same messages, and train under tools/train_net.py."""
+with the same messages, and train under tools/train_net.py; each dense config differs from its
+FPN twin only in the neck."""
 import json
 import os
 
@@ -7,9 +8,11 @@ import pytest
 import train_net  # tools/train_net.py
 from conftest import REPO
 from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from omegaconf import DictConfig, OmegaConf
 
 from maskrcnnpp import cli
 from maskrcnnpp.config import build_cfg
@@ -19,7 +22,14 @@ from maskrcnnpp.lazy import build_lazy_model, check_lazy_inputs, load_lazy_confi
 from maskrcnnpp.modeling import DenseFPN
 
 LAZY = os.path.join(REPO, "configs", "lazy")
-TWINS = [("maskrcnn_R50_FPN.py", "maskrcnn_R50_FPN.yaml"), ("maskrcnnpp_R50.py", "maskrcnnpp_R50.yaml")]
+# (FPN twin, dense config), as LazyConfigs; each is also the twin of the YAML config of its name.
+NECK_TWINS = [("maskrcnn_R50_FPN.py", "maskrcnnpp_R50.py"),
+              ("cascade_maskrcnn_R50_FPN.py", "cascade_maskrcnnpp_R50.py"),
+              ("pointrend_R50_FPN.py", "pointrend_maskrcnnpp_R50.py"),
+              ("retinanet_R50_FPN.py", "retinanetpp_R50.py")]
+TWINS = [(lazy, lazy[:-3] + ".yaml") for pair in NECK_TWINS for lazy in pair]
+# What a dense config takes from its FPN twin's neck; the rest is maskrcnnpp_R50.py's.
+FROM_THE_TWIN = ("bottom_up", "in_features", "out_channels", "top_block")
 
 
 def parameter_shapes(model):
@@ -30,8 +40,34 @@ def parameter_shapes(model):
 def test_each_lazy_config_builds_the_model_of_its_yaml_twin(lazy, yaml):
     from_lazy = build_lazy_model(load_lazy_config(os.path.join(LAZY, lazy)), device="cpu")
     from_yaml = build_model(build_cfg(os.path.join(REPO, "configs", yaml), ["MODEL.DEVICE", "cpu"]))
+    assert type(from_lazy) is type(from_yaml)
     assert type(from_lazy.backbone) is type(from_yaml.backbone)
     assert parameter_shapes(from_lazy) == parameter_shapes(from_yaml)
+
+
+def flat(node, prefix=""):
+    """{"model.backbone.norm": "GN", ...} of a loaded LazyConfig, as plain data (interpolations
+    such as the evaluator's "${...train.output_dir}" unresolved)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    if not hasattr(node, "items"):
+        return {prefix[:-1]: node}
+    return {key: value for name, child in node.items() for key, value in
+            flat(child, f"{prefix}{name}.").items()}
+
+
+@pytest.mark.parametrize("fpn,dense", NECK_TWINS)
+def test_each_dense_lazy_config_differs_from_its_fpn_twin_only_in_the_neck(fpn, dense):
+    a, b = (LazyConfig.load(os.path.join(LAZY, name)) for name in (fpn, dense))
+    flat_a, flat_b = flat(a), flat(b)
+    changed = {key for key in flat_a.keys() | flat_b.keys() if flat_a.get(key) != flat_b.get(key)}
+    assert changed - {"train.output_dir"}
+    assert all(key.startswith("model.backbone.") for key in changed - {"train.output_dir"})
+    neck = b.model.backbone
+    reference = LazyConfig.load(os.path.join(LAZY, "maskrcnnpp_R50.py")).model.backbone
+    assert neck._target_ is DenseFPN
+    for key in reference:
+        assert neck[key] == (a.model.backbone[key] if key in FROM_THE_TWIN else reference[key]), key
 
 
 @pytest.mark.parametrize("override,message", [
@@ -59,6 +95,13 @@ def test_a_top_block_that_does_not_match_the_in_features_is_refused(top_block, m
         build_lazy_model(cfg, device="cpu")
 
 
+def test_an_unknown_point_rend_option_is_refused():
+    cfg = load_lazy_config(os.path.join(LAZY, "pointrend_R50_FPN.py"),
+                           ["model.roi_heads.mask_head.point_head.NUM_FCS=2"])
+    with pytest.raises(UserInputError, match="no option MODEL.POINT_HEAD.NUM_FCS. Did you mean"):
+        build_lazy_model(cfg, device="cpu")
+
+
 def test_retinanet_top_block_from_res5_gives_p3_to_p7():
     cfg = load_lazy_config(os.path.join(LAZY, "maskrcnnpp_R50.py"))
     cfg.model.backbone.in_features = ["res3", "res4", "res5"]
@@ -74,7 +117,8 @@ def test_retinanet_top_block_from_res5_gives_p3_to_p7():
 
 
 @pytest.mark.slow
-def test_train_net_trains_and_evaluates_a_lazy_config(tiny_nuclei, tmp_path, capsys):
+@pytest.mark.parametrize("config", ["maskrcnnpp_R50.py", "retinanetpp_R50.py"])  # masks; boxes only
+def test_train_net_trains_and_evaluates_a_lazy_config(config, tiny_nuclei, tmp_path, capsys):
     folder = tiny_nuclei["folder"]
     if "tiny_nuclei_lazy" not in DatasetCatalog.list():
         register_nuclei_coco("tiny_nuclei_lazy", os.path.join(folder, "annotations.json"),
@@ -89,8 +133,9 @@ def test_train_net_trains_and_evaluates_a_lazy_config(tiny_nuclei, tmp_path, cap
         "train.max_iter=3", "train.eval_period=0", "train.device=cpu", "train.amp.enabled=False",
         f"train.output_dir={tmp_path / 'out'}",
     ]
-    argv = ["--config-file", os.path.join(LAZY, "maskrcnnpp_R50.py"), *small]
+    argv = ["--config-file", os.path.join(LAZY, config), *small]
     assert cli.run(train_net.main, argv) == 0, capsys.readouterr().err[-3000:]
     assert (tmp_path / "out" / "model_final.pth").is_file()
     metrics = json.loads((tmp_path / "out" / "nuclei_metrics.json").read_text())
     assert metrics["num_images"] == 4
+    assert ("mask_AP" in metrics) == (config == "maskrcnnpp_R50.py")  # RetinaNet: box AP only

@@ -27,6 +27,7 @@ from maskrcnnpp.evaluation import (
     load_coco_gt,
     summarize_images,
 )
+from maskrcnnpp.evaluation.nuclei_evaluation import COCO_AP_NAMES
 
 SHAPE = (10, 20)
 SCORES = ("iou", "dice", "dsb_score", "aji", "pq", "sq", "dq")
@@ -348,16 +349,20 @@ def test_bad_predictions_name_the_problem(change, message):
         evaluate_coco_predictions(coco_gt, [{**predictions[0], **change}], 0.5, 1000)
 
 
-def test_evaluator_agrees_with_the_shared_function(tmp_path):
-    true_labels = labelmap([A, B, C])
-    dataset = coco_gt_from_labelmaps([true_labels])
-    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+def nuclei_evaluator(tmp_path, true_labels):
+    """A NucleiEvaluator writing to tmp_path/out, on a dataset of one image with ``true_labels``."""
+    (tmp_path / "gt.json").write_text(json.dumps(coco_gt_from_labelmaps([true_labels])))
     dataset_name = f"nuclei_evaluator_test_{tmp_path.name}"
     MetadataCatalog.get(dataset_name).set(json_file=str(tmp_path / "gt.json"))
     cfg = get_cfg()
     add_maskrcnnpp_config(cfg)
     evaluator = NucleiEvaluator(cfg, dataset_name, str(tmp_path / "out"))
+    evaluator.reset()
+    return evaluator
 
+
+def test_evaluator_agrees_with_the_shared_function(tmp_path):
+    evaluator = nuclei_evaluator(tmp_path, labelmap([A, B, C]))
     pred_labels = labelmap([A, (0, 4, 6, 9), EXTRA])
     masks = torch.from_numpy(np.stack([pred_labels == k for k in (1, 2, 3)]))
     scores = torch.tensor([0.9, 0.8, 0.7])
@@ -368,7 +373,6 @@ def test_evaluator_agrees_with_the_shared_function(tmp_path):
         pred_classes=torch.zeros(3, dtype=torch.int64),
         pred_boxes=Boxes(torch.zeros(3, 4)),
     )
-    evaluator.reset()
     evaluator.process([{"image_id": 1}], [{"instances": instances}])
     results = evaluator.evaluate()
 
@@ -378,7 +382,8 @@ def test_evaluator_agrees_with_the_shared_function(tmp_path):
         0.5,
         1000,
     )
-    assert results["nuclei"] == pytest.approx(expected, nan_ok=True)
+    box_ap = {f"box_{key}": value for key, value in results["bbox"].items() if "-" not in key}
+    assert results["nuclei"] == pytest.approx({**expected, **box_ap}, nan_ok=True)
     # detectron2's EvalHook stores every value as a float.
     assert all(isinstance(float(value), float) for value in results["nuclei"].values())
     # A exact, 12 of B's 16 pixels, a 9-pixel extra, C (20) missed: 16 + 12 of 52 + 37 - 28.
@@ -414,3 +419,35 @@ def test_ground_truth_without_types_has_no_per_type_results():
     summary, rows, _ = evaluate_coco_predictions(coco_gt, [], 0.5, 1000)
     assert "by_type" not in summary and rows[0]["image_type"] == "unknown"
     assert "Per image type" not in format_summary(summary)
+
+
+def test_evaluator_of_a_box_only_model_gives_box_ap_and_no_mask_metrics(tmp_path):
+    """RetinaNet's Instances carry no pred_masks: box AP only, and the files say why."""
+    evaluator = nuclei_evaluator(tmp_path, labelmap([A, B, C]))
+    boxes = [[left, top, right, bottom] for top, bottom, left, right in (A, B, EXTRA)]
+    instances = Instances(SHAPE, pred_boxes=Boxes(torch.tensor(boxes, dtype=torch.float32)),
+                          scores=torch.tensor([0.9, 0.8, 0.7]),
+                          pred_classes=torch.zeros(3, dtype=torch.int64))
+    evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    results = evaluator.evaluate()
+
+    assert set(results) == {"bbox", "nuclei"}
+    nuclei = results["nuclei"]
+    assert set(nuclei) == {f"box_{name}" for name in COCO_AP_NAMES} | {"num_images", "max_dets"}
+    # A and B found, C missed: the two best detections are right, recall stops at 2/3.
+    assert nuclei["box_AP50"] == results["bbox"]["AP50"] == pytest.approx(100 * 67 / 101)
+    assert nuclei["num_images"] == 1
+    saved = json.loads((tmp_path / "out" / "nuclei_metrics.json").read_text())
+    assert "mask_AP" not in saved and "iou" not in saved
+    assert saved["mask_metrics"].startswith("not applicable: the model predicts boxes only")
+    assert not (tmp_path / "out" / "nuclei_per_image.csv").exists()
+    text = format_summary(nuclei)
+    assert "box_AP50" in text and "mask" not in text.split("\n", 1)[1]
+    assert "predicts boxes only, so the mask metrics" in text
+
+
+def test_box_only_predictions_are_refused_by_the_mask_evaluation():
+    coco_gt = coco_gt_api(coco_gt_from_labelmaps([labelmap([A])]))
+    prediction = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.9}
+    with pytest.raises(UserInputError, match="has a box but no mask.*train_net.py --eval-only"):
+        evaluate_coco_predictions(coco_gt, [prediction], 0.5, 1000)

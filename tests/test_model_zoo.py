@@ -27,6 +27,9 @@ def test_lists_and_finds_the_shipped_configs():
     names = model_zoo.list_configs()
     assert {"Base-Nuclei.yaml", "maskrcnn_R50_FPN.yaml", "maskrcnnpp_R50.yaml",
             "lazy/maskrcnn_R50_FPN.py", "lazy/maskrcnnpp_R50.py"} <= set(names)
+    for detector in ("cascade_maskrcnnpp_R50", "pointrend_maskrcnnpp_R50", "retinanetpp_R50"):
+        assert {f"{detector}.yaml", f"lazy/{detector}.py"} <= set(names)
+    assert "lazy/_dense_neck.py" not in names  # a helper of the configs, not one
     assert os.path.isfile(model_zoo.get_config_file("maskrcnn_R50_FPN.yaml"))
 
 

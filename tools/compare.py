@@ -10,6 +10,8 @@ after the other, so a killed comparison loses at most the run in progress: calli
 again reuses finished runs and resumes the others from their last checkpoint. Then the trained
 models are benchmarked interleaved, and DIR/compare.md, .csv, .json and .png are written: mean +-
 std over seeds, costs, paired t-tests against the first config, accuracy against speed, curves.
+A model that predicts boxes only (RetinaNet, MODEL.MASK_ON False) has box AP and no mask metrics:
+they show as n/a, and box AP is then the accuracy plotted.
 """
 
 import argparse
@@ -45,8 +47,9 @@ POLL_SECONDS = 2.0
 # mid-sized DSB2018 image.
 NATIVE_BENCHMARK_SIZE = 512
 
-# (key of nuclei_metrics.json, column title, format): accuracy, as mean +- std over seeds.
-ACCURACY_METRICS = (
+# (key of nuclei_metrics.json, column title, format): accuracy, as mean +- std over seeds. The
+# mask metrics are also reported per image type; box AP is the one metric of every model.
+MASK_METRICS = (
     ("mask_AP", "mask AP", ".2f"),
     ("mask_AP50", "AP50", ".2f"),
     ("mask_AP75", "AP75", ".2f"),
@@ -56,6 +59,7 @@ ACCURACY_METRICS = (
     ("aji", "AJI", ".4f"),
     ("pq", "PQ", ".4f"),
 )
+ACCURACY_METRICS = MASK_METRICS + (("box_AP", "box AP", ".2f"),)
 # (key, column title, scale, format): costs, one value per config.
 COST_COLUMNS = (
     ("model_params", "params (M)", 1e-6, ".2f"),
@@ -67,7 +71,12 @@ COST_COLUMNS = (
 )
 # Per image type, beside the accuracy: how many images and nuclei the type has in the test set.
 TYPE_COUNTS = (("num_images", "images", "d"), ("num_true", "nuclei", "d"))
-FIGURE_METRIC = "mask_AP"  # the accuracy plotted against inference time
+
+
+def figure_metric(runs):
+    """The accuracy plotted against inference time: mask AP, or box AP where a config predicts no
+    masks (MODEL.MASK_ON False, as RetinaNet's), since only box AP compares every model then."""
+    return "mask_AP" if all(run.cfg.MODEL.MASK_ON for run in runs) else "box_AP"
 
 
 def train(run, position, total, num_gpus):
@@ -111,6 +120,7 @@ def train(run, position, total, num_gpus):
 
 def run_all(runs, num_gpus):
     """Each run's collected result, training the runs that have none."""
+    curve_metric = figure_metric(runs)
     results = []
     for position, run in enumerate(runs, start=1):
         if run.finished:
@@ -121,13 +131,13 @@ def run_all(runs, num_gpus):
             # so that a run made by an earlier version reports what this one does (per-type
             # metrics); its measured wall time is kept.
             try:
-                result = {**stored, **collect_run(run, FIGURE_METRIC)}
+                result = {**stored, **collect_run(run, curve_metric)}
             except RunFailed:
                 result = stored
         else:
             wall_seconds = train(run, position, len(runs), num_gpus)
             # wall_seconds: training and final evaluation, this call
-            result = {**collect_run(run, FIGURE_METRIC), "wall_seconds": wall_seconds}
+            result = {**collect_run(run, curve_metric), "wall_seconds": wall_seconds}
         write_json(result, run.path(RESULT_FILE), indent=2)
         results.append(result)
     return results
@@ -141,8 +151,8 @@ def summarize(runs, run_results, measured):
     rows = []
     for name in configs:
         seed_results = [r for r in run_results if r["config"] == name]
-        per_seed = {
-            key: [r["metrics"][key] for r in seed_results] for key, _, _ in ACCURACY_METRICS
+        per_seed = {  # None where a metric does not apply (mask AP of RetinaNet) or is NaN
+            key: [r["metrics"].get(key) for r in seed_results] for key, _, _ in ACCURACY_METRICS
         }
         step_times = [r["train_s_per_iter"] for r in seed_results if r["train_s_per_iter"]]
         wall_times = [r["wall_seconds"] for r in seed_results if r.get("wall_seconds")]
@@ -151,6 +161,7 @@ def summarize(runs, run_results, measured):
             "config": name,
             "config_file": next(run.config_file for run in runs if run.name == name),
             "num_seeds": len(seed_results),
+            "predicts_masks": not any("mask_metrics" in r["metrics"] for r in seed_results),
             "per_seed": per_seed,
             "mean": {}, "std": {},
             "model_params": bench["model_params"],
@@ -180,6 +191,7 @@ def summarize(runs, run_results, measured):
         "overrides": runs[0].opts,
         "dataset": first_cfg.DATASETS.TEST[0],
         "max_iter": first_cfg.SOLVER.MAX_ITER,
+        "figure_metric": figure_metric(runs),
         "paired_t_test": {
             "against": rows[0]["config"],
             "test": PAIRED_TEST,
@@ -196,8 +208,8 @@ def _mean_by_type(seed_results):
     """{image type: {metric: mean over seeds}} of the runs' per-type results."""
     types = dict.fromkeys(kind for r in seed_results for kind in r.get("metrics_by_type", {}))
     return {
-        kind: {key: float(np.mean([r["metrics_by_type"][kind][key] for r in seed_results]))
-               for key, _, _ in ACCURACY_METRICS + TYPE_COUNTS}
+        kind: {key: mean_std([r["metrics_by_type"][kind][key] for r in seed_results])[0]
+               for key, _, _ in MASK_METRICS + TYPE_COUNTS}
         for kind in types
         if all(kind in r.get("metrics_by_type", {}) for r in seed_results)
     }
@@ -251,6 +263,10 @@ def format_markdown(report):
         ]
         body.append(cells)
     lines += [tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), ""]
+    box_only = [row["config"] for row in report["results"] if not row["predicts_masks"]]
+    if box_only:
+        lines += [f"n/a: the mask metrics do not apply to {', '.join(box_only)}, which predict "
+                  "boxes only; box AP compares every config.", ""]
 
     test = report["paired_t_test"]
     lines += [f"## Paired t-test against {test['against']}", ""]
@@ -266,6 +282,9 @@ def format_markdown(report):
             cells = [row["config"]]
             for key, _, value_format in ACCURACY_METRICS:
                 result = row["paired_t_test"][key]
+                if result["mean_difference"] is None:
+                    cells.append("n/a")
+                    continue
                 p = "undefined" if result["p"] is None else f"p={result['p']:.3f}"
                 cells.append(f"{p} ({format(result['mean_difference'], '+' + value_format)})")
             body.append(cells)
@@ -276,11 +295,11 @@ def format_markdown(report):
     typed = [row for row in report["results"] if row.get("mean_by_type")]
     if typed:
         lines += ["", "## Per image type (mean over seeds)", ""]
-        headers = ["config", "image type"] + [title for _, title, _ in TYPE_COUNTS + ACCURACY_METRICS]
+        headers = ["config", "image type"] + [title for _, title, _ in TYPE_COUNTS + MASK_METRICS]
         body = [
             [row["config"], kind]
-            + [format(round(values[key]) if value_format == "d" else values[key], value_format)
-               for key, _, value_format in TYPE_COUNTS + ACCURACY_METRICS]
+            + [_show(round(values[key]) if value_format == "d" else values[key], value_format)
+               for key, _, value_format in TYPE_COUNTS + MASK_METRICS]
             for row in typed
             for kind, values in row["mean_by_type"].items()
         ]
@@ -309,15 +328,18 @@ def _figure(report):
     training-loss and validation-AP curves of every run."""
     figure = Figure(figsize=(16, 4.8), layout="constrained")
     accuracy, loss, evaluation = figure.subplots(1, 3)
-    title = {key: title for key, title, _ in ACCURACY_METRICS}[FIGURE_METRIC]
+    metric = report["figure_metric"]
+    title = {key: title for key, title, _ in ACCURACY_METRICS}[metric]
     for index, row in enumerate(report["results"]):
         color = f"C{index}"
         latency = row["latency_ms"]
-        accuracy.errorbar(
-            row["ms_per_image"], row["mean"][FIGURE_METRIC], yerr=row["std"][FIGURE_METRIC] or 0,
-            xerr=[[row["ms_per_image"] - latency["p25"]], [latency["p75"] - row["ms_per_image"]]],
-            fmt="o", capsize=4, color=color, label=row["config"],
-        )
+        if row["mean"][metric] is not None:
+            accuracy.errorbar(
+                row["ms_per_image"], row["mean"][metric], yerr=row["std"][metric] or 0,
+                xerr=[[row["ms_per_image"] - latency["p25"]],
+                      [latency["p75"] - row["ms_per_image"]]],
+                fmt="o", capsize=4, color=color, label=row["config"],
+            )
         for number, run in enumerate(row["runs"]):
             label = row["config"] if number == 0 else None
             if run["loss_curve"]:

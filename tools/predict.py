@@ -9,7 +9,9 @@ OUTPUT/<name>_labels.png (16-bit instance label map: 0 background, nuclei 1..N),
 predictions scoring at least TEST.NUCLEI.SCORE_THRESHOLD, as the evaluation's instance maps; and
 OUTPUT/coco_instances_results.json with every prediction (RLE mask, score, category_id, image_id,
 file_name), the input of tools/evaluate.py. Images larger than TEST.TILE.SIZE go through
-overlap-tile inference. Images are read as prepare_nuclei.py reads them (16-bit and float images
+overlap-tile inference. A model that predicts boxes only (RetinaNet) gets overlays of its boxes,
+no label maps, and COCO results with boxes (bbox) instead of masks. Images are read as
+prepare_nuclei.py reads them (16-bit and float images
 stretched by --intensity). Trailing KEY VALUE pairs override the config. The weights, the output
 folder and the inputs are checked before anything is written; an image that cannot be read is
 reported and skipped, and the exit code is then 1.
@@ -21,6 +23,7 @@ import os
 import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
 import cv2
 import numpy as np
+from detectron2.structures import BoxMode
 from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
@@ -91,27 +94,33 @@ def write_png(path, image):
         f.write(encoded.tobytes())
 
 
-def save_image_outputs(path, image_bgr, results, score_threshold, output_dir):
-    """The overlay and the label map of one image, from its predictions above the threshold."""
+def save_image_outputs(path, image_bgr, results, score_threshold, output_dir, with_masks=True):
+    """The overlay and the label map of one image, from its predictions above the threshold;
+    without masks (a box-only model) the overlay draws the boxes and there is no label map."""
     kept = [result for result in results if result["score"] >= score_threshold]
+    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+    visualizer = Visualizer(image_bgr[:, :, ::-1])
+    if not with_masks:
+        boxes = [BoxMode.convert(r["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for r in kept]
+        write_png(stem + "_overlay.png", visualizer.overlay_instances(boxes=boxes).get_image())
+        return len(kept)
     rles = [result["segmentation"] for result in kept]
     labels = instances_to_labelmap(
         LazyRLEMasks(rles), image_bgr.shape[:2], scores=[r["score"] for r in kept]
     )
     if labels.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{len(kept)} nuclei do not fit a 16-bit label map")
-    stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
     write_png(stem + "_labels.png", labels.astype(np.uint16))
-    overlay = Visualizer(image_bgr[:, :, ::-1]).overlay_instances(masks=rles)
-    write_png(stem + "_overlay.png", overlay.get_image())
+    write_png(stem + "_overlay.png", visualizer.overlay_instances(masks=rles).get_image())
     return len(kept)
 
 
 def predict_images(cfg, images, output_dir, intensity="percentile"):
-    """Predict every image; returns (results of all images, nuclei kept, skipped (path, why))."""
+    """Predict every image; returns (results of all images, nuclei kept, skipped (path, why),
+    whether the model predicts masks: False for a box-only model, None if no image was read)."""
     predict = TiledPredictor(cfg)
     ids = category_ids(cfg.DATASETS.TRAIN[0])
-    all_results, nuclei, skipped = [], 0, []
+    all_results, nuclei, skipped, with_masks = [], 0, [], None
     for image_id, path in enumerate(tqdm(images, desc="predicting", unit="image"), start=1):
         try:
             image = np.ascontiguousarray(read_rgb8(path, intensity)[:, :, ::-1])  # BGR
@@ -119,10 +128,12 @@ def predict_images(cfg, images, output_dir, intensity="percentile"):
             tqdm.write(f"skipped {path}: {e}")
             skipped.append((path, str(e)))
             continue
-        results = coco_results(predict(image)["instances"], image_id, path, ids)
+        instances = predict(image)["instances"]
+        with_masks = instances.has("pred_masks")
+        results = coco_results(instances, image_id, path, ids)
         try:
             nuclei += save_image_outputs(
-                path, image, results, cfg.TEST.NUCLEI.SCORE_THRESHOLD, output_dir
+                path, image, results, cfg.TEST.NUCLEI.SCORE_THRESHOLD, output_dir, with_masks
             )
         except ValueError as e:
             tqdm.write(f"skipped {path}: {e}")
@@ -130,7 +141,7 @@ def predict_images(cfg, images, output_dir, intensity="percentile"):
             continue
         all_results += results
     write_json(all_results, os.path.join(output_dir, RESULTS_FILE))
-    return all_results, nuclei, skipped
+    return all_results, nuclei, skipped, with_masks
 
 
 def main(argv):
@@ -142,12 +153,14 @@ def main(argv):
     check_writable(args.output, "--output")
     check_model(cfg)  # the weights load safely and fit the config
     os.makedirs(args.output, exist_ok=True)
-    results, nuclei, skipped = predict_images(cfg, images, args.output, args.intensity)
+    results, nuclei, skipped, with_masks = predict_images(cfg, images, args.output, args.intensity)
+    drawn, files = "overlays and label maps", "<name>_overlay.png, <name>_labels.png"
+    if with_masks is False:
+        drawn, files = "overlays (boxes: the model predicts no masks)", "<name>_overlay.png"
     print(
         f"Predicted {len(images) - len(skipped)} of {len(images)} images: {len(results)} "
         f"predictions, {nuclei} nuclei scoring >= {cfg.TEST.NUCLEI.SCORE_THRESHOLD:g} in the "
-        f"overlays and label maps. Wrote {args.output}/<name>_overlay.png, <name>_labels.png and "
-        f"{RESULTS_FILE}."
+        f"{drawn}. Wrote {args.output}/{files} and {RESULTS_FILE}."
     )
     for path, reason in skipped:
         print(f"  skipped {path}: {reason}")

@@ -55,7 +55,7 @@ def measure_cost(cfg, size=512):
 
 def describe_neck(cfg):
     """A short name for the neck of ``cfg``, e.g. "dense concat+reduce_conv3x3 w128"."""
-    if cfg.MODEL.BACKBONE.NAME != "build_resnet_dense_fpn_backbone":
+    if not cfg.MODEL.BACKBONE.NAME.endswith("dense_fpn_backbone"):  # R-CNN's or RetinaNet's
         return cfg.MODEL.BACKBONE.NAME
     dense = cfg.MODEL.DENSE_FPN
     name = f"{dense.TOPOLOGY} {dense.FUSION}+{dense.NODE_BLOCK} w{dense.NODE_WIDTH}"

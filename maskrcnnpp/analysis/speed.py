@@ -9,7 +9,8 @@ test-time resizing. On a GPU, cuDNN picks its fastest algorithms for that one si
 
 Detections: a model with random weights keeps a random number of detections, and the mask head's
 cost grows with it. A config without ``MODEL.WEIGHTS`` is therefore measured with exactly
-``detections`` per image (score threshold 0, box NMS at IoU 1.0, ``TEST.DETECTIONS_PER_IMAGE``
+``detections`` per image (score threshold 0 and box NMS at IoU 1.0, in the ROI heads or
+RetinaNet's, ``TEST.DETECTIONS_PER_IMAGE``
 = ``detections``); a config with weights keeps its own test settings, as a user would run it.
 The detections actually kept are reported either way.
 
@@ -121,8 +122,9 @@ def benchmark_cfg(cfg, settings):
     cfg.defrost()
     cfg.MODEL.DEVICE = settings.device
     if not cfg.MODEL.WEIGHTS:
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
-        cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST = 1.0  # no box overlaps more than IoU 1: NMS keeps all
+        for head in (cfg.MODEL.ROI_HEADS, cfg.MODEL.RETINANET):  # R-CNNs, or RetinaNet
+            head.SCORE_THRESH_TEST = 0.0
+            head.NMS_THRESH_TEST = 1.0  # no box overlaps more than IoU 1: NMS keeps all
         cfg.TEST.DETECTIONS_PER_IMAGE = settings.detections
     cfg.freeze()
     return cfg

@@ -3,7 +3,8 @@
 :func:`evaluate_coco_predictions` scores COCO results (RLE masks with scores) against COCO ground
 truth: mask AP with a raised maxDets, and the instance-map metrics of :mod:`.metrics`, overall
 and per image type. :class:`NucleiEvaluator` feeds it from a model during training, so both
-report the same numbers.
+report the same numbers; for a model that predicts boxes only (RetinaNet) it reports box AP and
+says that the mask metrics do not apply.
 """
 
 import contextlib
@@ -21,6 +22,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import COCOeval_opt, COCOevalMaxDets
+from detectron2.utils import comm
 from pycocotools.coco import COCO
 from tabulate import tabulate
 from tqdm import tqdm
@@ -34,17 +36,29 @@ from .metrics import evaluate_image, instances_to_labelmap, summarize_images
 logger = logging.getLogger(__name__)
 
 OVERLAP_RULE = "where predicted masks overlap, each pixel goes to the higher-scoring instance"
-COCO_AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the first six COCOeval stats
+BOX_ONLY = ("the model predicts boxes only, so the mask metrics (mask AP, IoU, Dice, DSB score, "
+            "AJI, PQ) do not apply")
+# The first six COCOeval stats: (name, what it means after "COCO mask " or "COCO box ").
+COCO_AP = (
+    ("AP", "AP, IoU 0.50:0.95 (0-100)"),
+    ("AP50", "AP at IoU 0.50"),
+    ("AP75", "AP at IoU 0.75"),
+    ("APs", "AP, area < 32^2 px"),
+    ("APm", "AP, 32^2 to 96^2 px"),
+    ("APl", "AP, area > 96^2 px"),
+)
+COCO_AP_NAMES = tuple(name for name, _ in COCO_AP)
 RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
 
-# The summary as a table: (key, how to print the value, what it means).
-SUMMARY_TABLE = (
-    ("mask_AP", ".2f", "COCO mask AP, IoU 0.50:0.95 (0-100)"),
-    ("mask_AP50", ".2f", "COCO mask AP at IoU 0.50"),
-    ("mask_AP75", ".2f", "COCO mask AP at IoU 0.75"),
-    ("mask_APs", ".2f", "COCO mask AP, area < 32^2 px"),
-    ("mask_APm", ".2f", "COCO mask AP, 32^2 to 96^2 px"),
-    ("mask_APl", ".2f", "COCO mask AP, area > 96^2 px"),
+
+def _ap_rows(kind):
+    """SUMMARY_TABLE rows of the COCO AP of ``kind`` ("mask" or "box")."""
+    return tuple((f"{kind}_{name}", ".2f", f"COCO {kind} {meaning}") for name, meaning in COCO_AP)
+
+
+# The summary as a table: (key, how to print the value, what it means). Only the keys a summary
+# has are shown: tools/evaluate.py has no box AP, a box-only model no mask metrics.
+SUMMARY_TABLE = _ap_rows("mask") + _ap_rows("box") + (
     ("iou", ".4f", "foreground IoU, pixels pooled over images"),
     ("dice", ".4f", "foreground Dice, pixels pooled over images"),
     ("iou_macro", ".4f", "foreground IoU, mean over images"),
@@ -168,6 +182,12 @@ def check_coco_predictions(coco_gt, predictions):
     for index, prediction in enumerate(predictions):
         is_dict = isinstance(prediction, dict)
         missing = [key for key in RESULT_KEYS if not is_dict or key not in prediction]
+        if missing == ["segmentation"] and "bbox" in prediction:
+            raise UserInputError(
+                f"Prediction {index} has a box but no mask: it comes from a model that predicts "
+                "boxes only (such as RetinaNet), and these metrics score masks. Such a model's box "
+                "AP comes from tools/train_net.py --eval-only."
+            )
         if missing:
             raise UserInputError(
                 f"Prediction {index} lacks {missing}: each COCO result needs image_id, "
@@ -361,11 +381,16 @@ def format_summary(summary):
     table = [
         (key, format(summary[key], value_format), meaning)
         for key, value_format, meaning in SUMMARY_TABLE
+        if key in summary
     ]
+    if "mask_AP" in summary:
+        settings = (f"Instance maps keep predictions with score >= {summary['score_threshold']:g}; "
+                    f"{OVERLAP_RULE}. Mask AP ranks")
+    else:
+        settings = f"Here {BOX_ONLY}. Box AP ranks"
     text = (
-        f"Nuclei evaluation. Instance maps keep predictions with score >= "
-        f"{summary['score_threshold']:g}; {OVERLAP_RULE}. Mask AP ranks all predictions, "
-        f"up to maxDets={summary['max_dets']} per image.\n"
+        f"Nuclei evaluation. {settings} all predictions, up to maxDets={summary['max_dets']} per "
+        "image.\n"
         + tabulate(
             table, headers=("metric", "value", "meaning"), tablefmt="pipe", disable_numparse=True
         )
@@ -389,9 +414,13 @@ def _without_nan(value):
 
 
 def save_evaluation(summary, rows, json_path, csv_path):
-    """Write the summary as JSON (NaN as null, plus the overlap rule) and the rows as CSV."""
-    write_json({**_without_nan(summary), "overlap_rule": OVERLAP_RULE}, json_path, indent=2)
-    write_csv(rows, csv_path)
+    """Write the summary as JSON (NaN as null, plus the overlap rule, or for a box-only model why
+    the mask metrics are absent) and the rows, if any, as CSV."""
+    note = ({"overlap_rule": OVERLAP_RULE} if "mask_AP" in summary
+            else {"mask_metrics": f"not applicable: {BOX_ONLY}"})
+    write_json({**_without_nan(summary), **note}, json_path, indent=2)
+    if rows:
+        write_csv(rows, csv_path)
 
 
 class NucleiEvaluator(COCOEvaluator):
@@ -401,10 +430,14 @@ class NucleiEvaluator(COCOEvaluator):
     writes coco_instances_results.json and computes box AP. The masks are then scored by
     :func:`evaluate_coco_predictions`, the function behind tools/evaluate.py, with one COCOeval
     whose maxDets is ``max_dets`` (COCO's 100 would truncate crowded images): its AP is reported
-    both as detectron2's usual "segm" results and in the nuclei summary, beside foreground
+    both as detectron2's usual "segm" results and in the nuclei summary, beside box AP, foreground
     IoU/Dice, DSB score, AJI and PQ. Results: ``{"bbox", "segm", "nuclei"}`` and
     ``"nuclei/<image type>"`` per type; with ``output_dir``, nuclei_metrics.json and
     nuclei_per_image.csv are written there.
+
+    A model that predicts boxes only (RetinaNet: its Instances have no ``pred_masks``, whatever
+    its config says) gets ``{"bbox", "nuclei"}``, the nuclei summary holding box AP alone, and
+    nuclei_metrics.json says why the mask metrics are absent.
     """
 
     @configurable
@@ -443,28 +476,48 @@ class NucleiEvaluator(COCOEvaluator):
             "max_dets": cfg.TEST.NUCLEI.MAX_DETS,
         }
 
+    def reset(self):
+        super().reset()
+        self._predicts_masks = False
+
+    def process(self, inputs, outputs):
+        super().process(inputs, outputs)
+        self._predicts_masks |= any(output["instances"].has("pred_masks")
+                                    for output in outputs if "instances" in output)
+
+    def evaluate(self, img_ids=None):
+        if self._distributed:  # every process takes part, as in COCOEvaluator.evaluate
+            self._predicts_masks = any(comm.all_gather(self._predicts_masks))
+        return super().evaluate(img_ids)
+
     def _eval_predictions(self, predictions, img_ids=None):
         super()._eval_predictions(predictions, img_ids)  # maps category ids; writes; box AP
-        evaluation = evaluate_coco_predictions(
-            self._coco_api,
-            list(itertools.chain(*(prediction["instances"] for prediction in predictions))),
-            self._score_threshold,
-            self._max_dets,
-            img_ids or [prediction["image_id"] for prediction in predictions],
-        )
-        self._results["segm"] = self._derive_coco_results(
-            evaluation.coco_eval, "segm", class_names=self._metadata.get("thing_classes")
-        )
-        summary = dict(evaluation.summary)
-        by_type = summary.pop("by_type", {})
-        self._results["nuclei"] = summary
+        img_ids = img_ids or [prediction["image_id"] for prediction in predictions]
+        box_ap = {f"box_{name}": self._results["bbox"][name] for name in COCO_AP_NAMES}
+        if not self._predicts_masks:
+            summary = {**box_ap, "num_images": len(set(img_ids)), "max_dets": self._max_dets}
+            rows = []
+        else:
+            evaluation = evaluate_coco_predictions(
+                self._coco_api,
+                list(itertools.chain(*(prediction["instances"] for prediction in predictions))),
+                self._score_threshold,
+                self._max_dets,
+                img_ids,
+            )
+            self._results["segm"] = self._derive_coco_results(
+                evaluation.coco_eval, "segm", class_names=self._metadata.get("thing_classes")
+            )
+            summary, rows = {**box_ap, **evaluation.summary}, evaluation.rows
+        by_type = summary.get("by_type", {})
+        self._results["nuclei"] = {key: value for key, value in summary.items() if key != "by_type"}
         for kind, metrics in by_type.items():
             self._results[f"nuclei/{kind}"] = metrics
-        self._logger.info("\n" + format_summary(evaluation.summary))
+        self._logger.info("\n" + format_summary(summary))
         if self._output_dir:
             save_evaluation(
-                evaluation.summary,
-                evaluation.rows,
+                summary,
+                rows,
                 os.path.join(self._output_dir, "nuclei_metrics.json"),
                 os.path.join(self._output_dir, "nuclei_per_image.csv"),
             )

@@ -98,7 +98,8 @@ def tile_window(image, tile):
 
 @dataclass
 class TileInstances:
-    """The instances a tile keeps, in image coordinates, on the CPU."""
+    """The instances a tile keeps, in image coordinates, on the CPU; ``mask_boxes`` and ``crops``
+    are None for a model that predicts boxes only (RetinaNet)."""
 
     boxes: torch.Tensor
     scores: torch.Tensor
@@ -164,6 +165,17 @@ class CroppedMasks:
         return f"CroppedMasks(num_instances={len(self)}, image_size={self.image_size})"
 
 
+class BoxRegions:
+    """The boxes of a model that predicts no masks (RetinaNet), standing in for
+    :class:`CroppedMasks` where seam duplicates are found: their overlap is box IoU."""
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def iou(self, i, j):
+        return float(pairwise_iou(Boxes(self.boxes[i:i + 1]), Boxes(self.boxes[j:j + 1])))
+
+
 def crop_masks(masks, boxes, x0, y0):
     """Dense tile masks (N, h, w) -> (int xyxy boxes in image coordinates, bool crops on the CPU).
 
@@ -212,7 +224,9 @@ class TiledPredictor:
     exactly DefaultPredictor's input and output.
 
     Returns ``{"instances": Instances}`` in full-image coordinates, on the CPU, with
-    ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks`` as :class:`CroppedMasks`.
+    ``pred_boxes``, ``scores``, ``pred_classes`` and ``pred_masks`` as :class:`CroppedMasks`. A
+    model that predicts boxes only (RetinaNet) gets no ``pred_masks``, and its seam duplicates are
+    found by box IoU.
     """
 
     seam_tolerance = 8  # pixels
@@ -285,10 +299,12 @@ class TiledPredictor:
         keep = owned.nonzero().squeeze(1)
         kept_boxes = Boxes(boxes[keep])
         kept_boxes.clip(image_size)
-        x0, y0, x1, y1 = tile.inside(*image_size)
-        masks = instances.pred_masks[keep.to(instances.pred_masks.device)]
-        masks = masks[:, y0 - tile.y0:y1 - tile.y0, x0 - tile.x0:x1 - tile.x0]
-        mask_boxes, crops = crop_masks(masks, kept_boxes.tensor, x0, y0)
+        mask_boxes, crops = None, None
+        if instances.has("pred_masks"):
+            x0, y0, x1, y1 = tile.inside(*image_size)
+            masks = instances.pred_masks[keep.to(instances.pred_masks.device)]
+            masks = masks[:, y0 - tile.y0:y1 - tile.y0, x0 - tile.x0:x1 - tile.x0]
+            mask_boxes, crops = crop_masks(masks, kept_boxes.tensor, x0, y0)
         return TileInstances(kept_boxes.tensor, instances.scores.cpu()[keep],
                              instances.pred_classes.cpu()[keep], mask_boxes, crops,
                              seam_distance[keep] < self.seam_tolerance)
@@ -303,22 +319,27 @@ class TiledPredictor:
 
     def merge(self, owned, image_size):
         """One Instances from the tiles' kept instances, seam duplicates removed."""
-        masks = CroppedMasks(torch.cat([t.mask_boxes for t in owned]),
-                             [crop for t in owned for crop in t.crops], image_size)
+        boxes = torch.cat([t.boxes for t in owned])
+        with_masks = owned[0].crops is not None
+        regions = (CroppedMasks(torch.cat([t.mask_boxes for t in owned]),
+                                [crop for t in owned for crop in t.crops], image_size)
+                   if with_masks else BoxRegions(boxes))
         scores = torch.cat([t.scores for t in owned])
         tile_ids = torch.cat([torch.full((len(t.scores),), i) for i, t in enumerate(owned)])
         keep = self.drop_seam_duplicates(
-            masks, scores, tile_ids, torch.cat([t.near_seam for t in owned]))
+            regions, scores, tile_ids, torch.cat([t.near_seam for t in owned]))
         instances = Instances(image_size)
-        instances.pred_boxes = Boxes(torch.cat([t.boxes for t in owned])[keep])
+        instances.pred_boxes = Boxes(boxes[keep])
         instances.scores = scores[keep]
         instances.pred_classes = torch.cat([t.classes for t in owned])[keep]
-        instances.pred_masks = masks[keep]
+        if with_masks:
+            instances.pred_masks = regions[keep]
         return instances
 
     def drop_seam_duplicates(self, masks, scores, tile_ids, near_seam):
-        """Greedy by score: drop a near-seam instance whose mask overlaps, by IoU above
-        ``duplicate_iou``, a better one from another tile."""
+        """Greedy by score: drop a near-seam instance whose mask (:class:`CroppedMasks`; its box
+        for :class:`BoxRegions`) overlaps, by IoU above ``duplicate_iou``, a better one from
+        another tile."""
         keep = torch.ones(len(scores), dtype=torch.bool)
         candidates = near_seam.nonzero().squeeze(1)
         candidates = candidates[scores[candidates].argsort(descending=True)].tolist()
