@@ -43,6 +43,11 @@ SCRIPTED_FIELDS = {
 }
 
 
+# Untimed calls before timing: TorchScript's profiling executor records and optimises its graph
+# during the first two calls, which are several times slower than the rest.
+WARM_UP_CALLS = 2
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """How far an exported model's outputs may be from PyTorch's: the same detections in the same
@@ -241,13 +246,17 @@ def within(difference, tolerance=Tolerance()):
                for key in ("box_pixels", "score", "mask_probability"))
 
 
-def check_and_time(model, exported, images, repeats=3):
+def check_and_time(model, exported, images, repeats=3, progress=iter):
     """Run PyTorch and the exported model on each image ``repeats`` times, interleaved so that
-    both see the same machine load; returns the per-image differences and the median latencies
-    (seconds per image) of each."""
+    both see the same machine load, after :data:`WARM_UP_CALLS` untimed calls; returns the
+    per-image differences and the median latencies (seconds per image) of each. ``progress``
+    wraps the images (e.g. a tqdm bar)."""
     differences, eager_times, exported_times = [], [], []
     with torch.no_grad():
-        for image in images:
+        for _ in range(WARM_UP_CALLS):  # not timed: TorchScript optimises its graph on these
+            inference(model, [{"image": images[0]}])
+            exported(images[0])
+        for image in progress(images):
             reference, result = None, None
             for _ in range(repeats):
                 start = time.perf_counter()

@@ -103,8 +103,8 @@ def main(argv):
     images = model_inputs(cfg, model, paths)
     print(f"Exporting by {args.method} (sample {tuple(images[0].shape)}) ...", flush=True)
     exported = export(model, args.method, images[0], args.output, args.opset, args.fixed_size)
-    checks = check_and_time(model, exported, tqdm(images, desc="checking", unit="image"),
-                            args.repeats)
+    checks = check_and_time(model, exported, images, args.repeats,
+                            progress=lambda items: tqdm(items, desc="checking", unit="image"))
     tolerance = Tolerance()
     agree = [within(difference, tolerance) for difference in checks["differences"]]
     report = {
