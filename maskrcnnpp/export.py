@@ -8,6 +8,7 @@ mask models) the mask head's 28x28 probabilities out, in that image's coordinate
 ``do_postprocess=False``). Overlap-tile inference, resizing back and pasting masks stay outside, as
 in detectron2's deployment examples.
 """
+import contextlib
 import os
 import re
 import time
@@ -115,10 +116,10 @@ def check_opset(opset):
     return opset
 
 
-def export(model, method, sample_image, output_dir, opset=DEFAULT_ONNX_OPSET, fixed_size=False):
+def export(model, method, sample_image, output_dir, opset=DEFAULT_ONNX_OPSET):
     """Export ``model`` (eval mode, CPU) by ``method`` into ``output_dir``; returns the
     :class:`ExportedModel`. Tracing and ONNX record the computation on ``sample_image`` (C, H, W);
-    the ONNX graph takes any image size unless ``fixed_size``. The file is written atomically;
+    the ONNX graph takes any image size. The file is written atomically;
     an op the method cannot export is a UserInputError naming it."""
     check_choice("--method", method, EXPORT_METHODS)
     model.eval()
@@ -140,7 +141,7 @@ def export(model, method, sample_image, output_dir, opset=DEFAULT_ONNX_OPSET, fi
             exported(image))[0]["instances"])
 
     check_opset(opset)
-    session = _export_onnx(adapter, sample_image, path, opset, fixed_size)
+    session = _export_onnx(adapter, sample_image, path, opset)
     input_name = session.get_inputs()[0].name
 
     def run_onnx(image):
@@ -155,7 +156,7 @@ def _save_torchscript(module, path):
         torch.jit.save(module, tmp)
 
 
-def _export_onnx(adapter, sample_image, path, opset, fixed_size):
+def _export_onnx(adapter, sample_image, path, opset):
     """Write the ONNX file and open it in onnxruntime (which checks the graph)."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
@@ -165,41 +166,35 @@ def _export_onnx(adapter, sample_image, path, opset, fixed_size):
             f"ONNX export needs the onnx and onnxruntime packages ({e.name} is missing): "
             "pip install onnx onnxruntime."
         ) from None
-    dynamic_axes = None if fixed_size else {"image": {1: "height", 2: "width"}}
     with atomic_path(path) as tmp:
         with _explained_failure("onnx"), torch.no_grad():
             torch.onnx.export(adapter, (sample_image,), tmp, opset_version=opset, dynamo=False,
-                              input_names=["image"], dynamic_axes=dynamic_axes)
+                              input_names=["image"],
+                              dynamic_axes={"image": {1: "height", 2: "width"}})
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
     adapter.eval()  # the exporter restores the adapter's mode, which is the model's
     return session
 
 
-class _explained_failure:
+# What to do when a method cannot export an op.
+ADVICE = {
+    "scripting": "export by tracing instead (--method tracing), which records the ops run on a "
+                 "sample image and needs no TorchScript types",
+    "tracing": "export by scripting (--method scripting), or replace the op in the model",
+    "onnx": "export TorchScript instead (--method tracing or scripting), which runs it",
+}
+
+
+@contextlib.contextmanager
+def _explained_failure(method):
     """Turn an exporter's failure into one UserInputError that names the op and what to do."""
-
-    ADVICE = {
-        "scripting": "export by tracing instead (--method tracing), which records the ops run on "
-                     "a sample image and needs no TorchScript types",
-        "tracing": "export by scripting (--method scripting), or replace the op in the model",
-        "onnx": "export TorchScript instead (--method tracing or scripting); if the op only "
-                "needs sizes known in advance, --fixed-size exports for the sample's image size",
-    }
-
-    def __init__(self, method):
-        self.method = method
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, traceback):
-        if error is None or isinstance(error, (UserInputError, KeyboardInterrupt)):
-            return False
-        if not isinstance(error, Exception):
-            return False
+    try:
+        yield
+    except UserInputError:
+        raise
+    except Exception as error:  # the exporters raise many types, all meaning "cannot export"
         raise UserInputError(
-            f"Export by {self.method} failed: {_first_line(error)}. To go on, "
-            f"{self.ADVICE[self.method]}."
+            f"Export by {method} failed: {_first_line(error)}. To go on, {ADVICE[method]}."
         ) from error
 
 
@@ -210,7 +205,7 @@ def _first_line(error):
                     r"[^\n]*is not supported[^\n]*", r"[^\n]*[Uu]nsupported[^\n]*"):
         found = re.search(pattern, text)
         if found:
-            return found.group(0).strip().rstrip(".")
+            return found.group(0).split(". ")[0].strip().rstrip(".")
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(".")
 
 

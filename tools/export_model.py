@@ -5,7 +5,7 @@
         --weights output/maskrcnnpp_R50/model_final.pth --method onnx --output export/
 
 --method scripting or tracing writes OUTPUT/model.ts (TorchScript), --method onnx writes
-OUTPUT/model.onnx (traced, opset --opset, any image size unless --fixed-size) and runs it with
+OUTPUT/model.onnx (traced, opset --opset, any image size) and runs it with
 onnxruntime; all through detectron2.export. The exported model takes one tile as predict.py feeds
 the model (a (C, H, W) float tensor in INPUT.FORMAT, resized as at test time) and returns boxes,
 scores, classes and the mask head's 28x28 probabilities in that tile's frame; overlap-tile
@@ -53,8 +53,6 @@ def parse_args(argv):
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--opset", type=int, default=DEFAULT_ONNX_OPSET,
                         help="ONNX opset for --method onnx (default: %(default)s)")
-    parser.add_argument("--fixed-size", action="store_true",
-                        help="ONNX graph for the first sample's image size only")
     parser.add_argument("--images", nargs="+", metavar="FILE",
                         help="sample images (default: the first --num-images of DATASETS.TEST[0])")
     parser.add_argument("--num-images", type=int, default=2)
@@ -102,7 +100,7 @@ def main(argv):
     os.makedirs(args.output, exist_ok=True)
     images = model_inputs(cfg, model, paths)
     print(f"Exporting by {args.method} (sample {tuple(images[0].shape)}) ...", flush=True)
-    exported = export(model, args.method, images[0], args.output, args.opset, args.fixed_size)
+    exported = export(model, args.method, images[0], args.output, args.opset)
     checks = check_and_time(model, exported, images, args.repeats,
                             progress=lambda items: tqdm(items, desc="checking", unit="image"))
     tolerance = Tolerance()
