@@ -9,6 +9,7 @@ mask models) the mask head's 28x28 probabilities out, in that image's coordinate
 in detectron2's deployment examples.
 """
 import contextlib
+import copy
 import os
 import re
 import time
@@ -126,8 +127,9 @@ def export(model, method, sample_image, output_dir, opset=DEFAULT_ONNX_OPSET):
     path = os.path.join(output_dir, EXPORT_METHODS[method])
     if method == "scripting":
         adapter = (_ScriptableRCNN if isinstance(model, GeneralizedRCNN) else _ScriptableDetector)
-        with _explained_failure(method):
-            exported = scripting_with_instances(adapter(model), SCRIPTED_FIELDS)
+        with _explained_failure(method):  # on a copy: scripting swaps in the modules'
+            # __prepare_scriptable__ versions in place, which would rename the model's parameters
+            exported = scripting_with_instances(adapter(copy.deepcopy(model)), SCRIPTED_FIELDS)
         _save_torchscript(exported, path)
         return ExportedModel(method, path, lambda image: _fields_to_instances(
             exported(({"image": image},))[0], image.shape[-2:]))

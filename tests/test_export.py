@@ -64,7 +64,9 @@ def trained_dense():
 @pytest.mark.parametrize("method", ["scripting", "tracing", "onnx"])
 def test_exported_model_gives_pytorchs_detections(trained_dense, method, tmp_path):
     traced_on, other = images(128, 96)
+    names = list(trained_dense.state_dict())
     exported = export(trained_dense, method, traced_on, str(tmp_path))
+    assert list(trained_dense.state_dict()) == names  # the model itself is left as it was
     checks = check_and_time(trained_dense, exported, [traced_on, other], repeats=1)
     for difference in checks["differences"]:
         assert difference["count"] is None and difference["detections"] > 0, difference
