@@ -1,5 +1,7 @@
 """What every command-line tool shares: config overrides after the options, and one line with exit
 code 2 for bad input instead of a traceback."""
+import argparse
+import os
 import sys
 
 from detectron2.config import get_cfg
@@ -7,6 +9,22 @@ from torch.multiprocessing import ProcessExitedException
 
 from .config import add_maskrcnnpp_config, config_keys
 from .errors import TrainingDiverged, UserInputError
+
+
+def trained_model_parser(description):
+    """The parser of a tool that runs a trained model: its doc as help, --config-file, --weights."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config-file", required=True, metavar="CFG")
+    parser.add_argument("--weights", required=True, help="trained checkpoint (model_final.pth)")
+    return parser
+
+
+def check_weights_file(path):
+    """UserInputError unless --weights ``path`` is a file."""
+    if not os.path.isfile(path):
+        raise UserInputError(f"--weights {path} is not a file; pass model_final.pth.")
 
 
 def split_overrides(argv):

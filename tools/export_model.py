@@ -20,7 +20,6 @@ method cannot export, an ONNX opset too old, missing onnxruntime...). Trailing K
 override the config.
 """
 
-import argparse
 import os
 
 import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
@@ -44,11 +43,7 @@ REPORT_FILE = "export_report.json"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", required=True, metavar="CFG")
-    parser.add_argument("--weights", required=True, help="trained checkpoint (model_final.pth)")
+    parser = cli.trained_model_parser(__doc__)
     parser.add_argument("--method", choices=sorted(EXPORT_METHODS), default="scripting")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--opset", type=int, default=DEFAULT_ONNX_OPSET,
@@ -88,8 +83,7 @@ def model_inputs(cfg, model, paths):
 
 def main(argv):
     args = parse_args(argv)
-    if not os.path.isfile(args.weights):
-        raise UserInputError(f"--weights {args.weights} is not a file; pass model_final.pth.")
+    cli.check_weights_file(args.weights)
     if args.method == "onnx":
         check_opset(args.opset)
     cfg = build_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights,

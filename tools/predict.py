@@ -17,7 +17,6 @@ folder and the inputs are checked before anything is written; an image that cann
 reported and skipped, and the exit code is then 1.
 """
 
-import argparse
 import os
 
 import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
@@ -43,11 +42,7 @@ RESULTS_FILE = "coco_instances_results.json"
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config-file", required=True, metavar="CFG")
-    parser.add_argument("--weights", required=True, help="trained checkpoint (model_final.pth)")
+    parser = cli.trained_model_parser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_DIR")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--intensity", choices=sorted(INTENSITY_SCALINGS), default="percentile",
@@ -146,8 +141,7 @@ def predict_images(cfg, images, output_dir, intensity="percentile"):
 
 def main(argv):
     args = parse_args(argv)
-    if not os.path.isfile(args.weights):
-        raise UserInputError(f"--weights {args.weights} is not a file; pass model_final.pth.")
+    cli.check_weights_file(args.weights)
     cfg = build_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
     images = list_images(args.input)
     check_writable(args.output, "--output")
