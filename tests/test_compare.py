@@ -9,16 +9,11 @@ import pytest
 import scipy.stats
 from conftest import REPO, TINY_TRAINING, run_tool
 
-from compare import (  # tools/compare.py
-    ACCURACY_METRICS,
-    _csv_rows,
-    _figure,
-    shell_words,
-    compare,
-    format_markdown,
-    plan_runs,
-    summarize,
-)
+from compare import compare  # tools/compare.py
+
+from maskrcnnpp.analysis.comparison import ACCURACY_METRICS, summarize
+from maskrcnnpp.analysis.comparison_report import _csv_rows, _figure, format_markdown, shell_words
+from maskrcnnpp.analysis.runs import plan_runs
 from maskrcnnpp.errors import UserInputError
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")

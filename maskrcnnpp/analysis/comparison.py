@@ -1,0 +1,102 @@
+"""A comparison's report: per config, mean +- std over seeds, costs and paired t-tests.
+
+The runs are aggregated per config, the first config being the baseline of the t-tests; the report
+is what tools/compare.py writes as compare.json (:mod:`.comparison_report` writes it out).
+"""
+import numpy as np
+
+from .stats import PAIRED_TEST, mean_std, paired_t_test
+
+# (key of nuclei_metrics.json, column title, format): accuracy, as mean +- std over seeds. The
+# mask metrics are also reported per image type; box AP is the one metric of every model.
+MASK_METRICS = (
+    ("mask_AP", "mask AP", ".2f"),
+    ("mask_AP50", "AP50", ".2f"),
+    ("mask_AP75", "AP75", ".2f"),
+    ("iou", "IoU", ".4f"),
+    ("dice", "Dice", ".4f"),
+    ("dsb_score", "DSB score", ".4f"),
+    ("aji", "AJI", ".4f"),
+    ("pq", "PQ", ".4f"),
+)
+ACCURACY_METRICS = MASK_METRICS + (("box_AP", "box AP", ".2f"),)
+# Per image type, beside the accuracy: how many images and nuclei the type has in the test set.
+TYPE_COUNTS = (("num_images", "images", "d"), ("num_true", "nuclei", "d"))
+
+
+def figure_metric(runs):
+    """The accuracy plotted against inference time: mask AP, or box AP where a config predicts no
+    masks (MODEL.MASK_ON False, as RetinaNet's), since only box AP compares every model then."""
+    return "mask_AP" if all(run.cfg.MODEL.MASK_ON for run in runs) else "box_AP"
+
+
+def summarize(runs, run_results, measured):
+    """Per config: mean +- std of the metrics over seeds, costs, speed, and paired t-tests."""
+    configs = list(dict.fromkeys(run.name for run in runs))
+    seeds = list(dict.fromkeys(run.seed for run in runs))
+    speed = {result["config"]: result for result in measured["results"]}
+    rows = []
+    for name in configs:
+        seed_results = [r for r in run_results if r["config"] == name]
+        per_seed = {  # None where a metric does not apply (mask AP of RetinaNet) or is NaN
+            key: [r["metrics"].get(key) for r in seed_results] for key, _, _ in ACCURACY_METRICS
+        }
+        step_times = [r["train_s_per_iter"] for r in seed_results if r["train_s_per_iter"]]
+        wall_times = [r["wall_seconds"] for r in seed_results if r.get("wall_seconds")]
+        bench = speed[name]
+        row = {
+            "config": name,
+            "config_file": next(run.config_file for run in runs if run.name == name),
+            "num_seeds": len(seed_results),
+            "predicts_masks": not any("mask_metrics" in r["metrics"] for r in seed_results),
+            "per_seed": per_seed,
+            "mean": {}, "std": {},
+            "model_params": bench["model_params"],
+            "model_flops": bench["model_flops"],
+            "train_s_per_iter": float(np.mean(step_times)) if step_times else None,
+            "run_minutes": float(np.mean(wall_times)) / 60 if wall_times else None,
+            "mean_by_type": _mean_by_type(seed_results),
+            "ms_per_image": bench["ms_per_image"],
+            "latency_ms": bench["latency_ms"],
+            "peak_memory_mb": bench["peak_memory_mb"],
+            "detections_per_image": bench["detections_per_image"],
+            "runs": seed_results,
+        }
+        for key, _, _ in ACCURACY_METRICS:
+            row["mean"][key], row["std"][key] = mean_std(per_seed[key])
+        rows.append(row)
+    test_available = len(seeds) >= 2
+    for row in rows[1:]:
+        row["paired_t_test"] = (
+            {key: paired_t_test(row["per_seed"][key], rows[0]["per_seed"][key])
+             for key, _, _ in ACCURACY_METRICS} if test_available else None
+        )
+    first_cfg = runs[0].cfg
+    return {
+        "configs": [{"name": row["config"], "config_file": row["config_file"]} for row in rows],
+        "seeds": seeds,
+        "overrides": runs[0].opts,
+        "dataset": first_cfg.DATASETS.TEST[0],
+        "max_iter": first_cfg.SOLVER.MAX_ITER,
+        "figure_metric": figure_metric(runs),
+        "paired_t_test": {
+            "against": rows[0]["config"],
+            "test": PAIRED_TEST,
+            "available": test_available and len(rows) > 1,
+            "reason": None if test_available else
+            f"needs at least 2 seeds per config, got {len(seeds)}",
+        },
+        "benchmark": {key: measured[key] for key in ("settings", "machine", "memory_method")},
+        "results": rows,
+    }
+
+
+def _mean_by_type(seed_results):
+    """{image type: {metric: mean over seeds}} of the runs' per-type results."""
+    types = dict.fromkeys(kind for r in seed_results for kind in r.get("metrics_by_type", {}))
+    return {
+        kind: {key: mean_std([r["metrics_by_type"][kind][key] for r in seed_results])[0]
+               for key, _, _ in MASK_METRICS + TYPE_COUNTS}
+        for kind in types
+        if all(kind in r.get("metrics_by_type", {}) for r in seed_results)
+    }

@@ -1,0 +1,175 @@
+"""A comparison's report written out: compare.md, .csv, .json and the figure compare.png.
+
+The report is :func:`maskrcnnpp.analysis.comparison.summarize`'s: Markdown tables of mean +- std,
+costs, t-tests and per-type metrics; one CSV row per config; accuracy against speed and curves.
+"""
+import math
+import os
+import shlex
+
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+from ..io_utils import atomic_path, write_csv, write_json, write_text
+from .comparison import ACCURACY_METRICS, MASK_METRICS, TYPE_COUNTS
+
+# (key, column title, scale, format): costs, one value per config.
+COST_COLUMNS = (
+    ("model_params", "params (M)", 1e-6, ".2f"),
+    ("model_flops", "GFLOPs", 1e-9, ".1f"),
+    ("train_s_per_iter", "train s/iter", 1, ".3f"),
+    ("ms_per_image", "infer ms/image", 1, ".1f"),
+    ("peak_memory_mb", "infer peak MB", 1, ".0f"),
+    ("run_minutes", "run min", 1, ".1f"),
+)
+
+
+def _show(value, value_format, scale=1):
+    return "n/a" if value is None or math.isnan(value) else format(value * scale, value_format)
+
+
+def shell_words(tokens):
+    """The tokens as one shell command line, values like ('a',) in double rather than escaped
+    single quotes, so it reads as it would be typed."""
+    def quote(token):
+        if shlex.quote(token) == token or any(c in token for c in '"$`\\!'):
+            return shlex.quote(token)
+        return f'"{token}"'
+
+    return " ".join(quote(token) for token in tokens)
+
+
+def format_markdown(report):
+    """compare.md: the table of mean +- std and costs, the t-tests, the figure."""
+    bench = report["benchmark"]["settings"]
+    machine = report["benchmark"]["machine"]["device"]
+    seeds = report["seeds"]
+    lines = [
+        f"# Comparison of {', '.join(c['name'] for c in report['configs'])}",
+        "",
+        f"Trained for {report['max_iter']} iterations with seeds {seeds} and overrides "
+        f"`{shell_words(report['overrides']) or 'none'}`; evaluated on `{report['dataset']}`. "
+        "Accuracy: mean ± std over seeds. Inference: median ms per image at "
+        f"{bench['image_size']}x{bench['image_size']} px on {machine} (trained weights of the "
+        f"first seed, {bench['repeats']} repeats, configs interleaved); peak memory: "
+        f"{report['benchmark']['memory_method']}. Train s/iter: median step time of the "
+        "training logs; run min: wall time of a run's training and final evaluation, mean over "
+        "the runs trained by this comparison's calls.",
+        "",
+    ]
+    headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
+    headers += [title for _, title, _, _ in COST_COLUMNS]
+    body = []
+    for row in report["results"]:
+        cells = [row["config"]]
+        for key, _, value_format in ACCURACY_METRICS:
+            cell = _show(row["mean"][key], value_format)
+            if row["std"][key] is not None:
+                cell += f" ± {_show(row['std'][key], value_format)}"
+            cells.append(cell)
+        cells += [
+            _show(row[key], value_format, scale) for key, _, scale, value_format in COST_COLUMNS
+        ]
+        body.append(cells)
+    lines += [tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), ""]
+    box_only = [row["config"] for row in report["results"] if not row["predicts_masks"]]
+    if box_only:
+        lines += [f"n/a: the mask metrics do not apply to {', '.join(box_only)}, which predict "
+                  "boxes only; box AP compares every config.", ""]
+
+    test = report["paired_t_test"]
+    lines += [f"## Paired t-test against {test['against']}", ""]
+    if len(report["results"]) < 2:
+        lines.append("Not applicable: a single config.")
+    elif not test["available"]:
+        lines.append(f"Not available: the test {test['reason']}; run with --seeds 0 1 2.")
+    else:
+        lines.append(f"{test['test']}. Cells: p-value (mean difference to {test['against']}).")
+        lines.append("")
+        body = []
+        for row in report["results"][1:]:
+            cells = [row["config"]]
+            for key, _, value_format in ACCURACY_METRICS:
+                result = row["paired_t_test"][key]
+                if result["mean_difference"] is None:
+                    cells.append("n/a")
+                    continue
+                p = "undefined" if result["p"] is None else f"p={result['p']:.3f}"
+                cells.append(f"{p} ({format(result['mean_difference'], '+' + value_format)})")
+            body.append(cells)
+        headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
+        lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
+        lines.append("")
+        lines.append("p is undefined where every seed gives the same difference.")
+    typed = [row for row in report["results"] if row.get("mean_by_type")]
+    if typed:
+        lines += ["", "## Per image type (mean over seeds)", ""]
+        headers = ["config", "image type"] + [title for _, title, _ in TYPE_COUNTS + MASK_METRICS]
+        body = [
+            [row["config"], kind]
+            + [_show(round(values[key]) if value_format == "d" else values[key], value_format)
+               for key, _, value_format in TYPE_COUNTS + MASK_METRICS]
+            for row in typed
+            for kind, values in row["mean_by_type"].items()
+        ]
+        lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
+    lines += ["", "![accuracy, speed and training curves](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def _csv_rows(report):
+    """compare.csv: one row per config, plain numbers (empty where not available)."""
+    rows = []
+    for row in report["results"]:
+        flat = {"config": row["config"], "num_seeds": row["num_seeds"]}
+        for key, _, _ in ACCURACY_METRICS:
+            flat[f"{key}_mean"], flat[f"{key}_std"] = row["mean"][key], row["std"][key]
+        flat.update({key: row[key] for key, _, _, _ in COST_COLUMNS})
+        for key, _, _ in ACCURACY_METRICS:
+            test = (row.get("paired_t_test") or {}).get(key, {})
+            flat[f"{key}_p_value"] = test.get("p")
+        rows.append(flat)
+    return rows
+
+
+def _figure(report):
+    """Accuracy against inference time (error bars: std over seeds, latency quartiles), and the
+    training-loss and validation-AP curves of every run."""
+    figure = Figure(figsize=(16, 4.8), layout="constrained")
+    accuracy, loss, evaluation = figure.subplots(1, 3)
+    metric = report["figure_metric"]
+    title = {key: title for key, title, _ in ACCURACY_METRICS}[metric]
+    for index, row in enumerate(report["results"]):
+        color = f"C{index}"
+        latency = row["latency_ms"]
+        if row["mean"][metric] is not None:
+            accuracy.errorbar(
+                row["ms_per_image"], row["mean"][metric], yerr=row["std"][metric] or 0,
+                xerr=[[row["ms_per_image"] - latency["p25"]],
+                      [latency["p75"] - row["ms_per_image"]]],
+                fmt="o", capsize=4, color=color, label=row["config"],
+            )
+        for number, run in enumerate(row["runs"]):
+            label = row["config"] if number == 0 else None
+            if run["loss_curve"]:
+                loss.plot(*zip(*run["loss_curve"]), ".-", markersize=3, color=color, alpha=0.7,
+                          label=label)
+            if run["eval_curve"]:
+                evaluation.plot(*zip(*run["eval_curve"]), "o-", color=color, alpha=0.7, label=label)
+    accuracy.set(xlabel="inference ms / image", ylabel=title, title=f"{title} against speed")
+    loss.set(xlabel="iteration", ylabel="total loss", title="training loss")
+    evaluation.set(xlabel="iteration", ylabel=title, title=f"validation {title}")
+    for axes in (accuracy, loss, evaluation):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    return figure
+
+
+def write_comparison(report, output_dir):
+    """Write compare.md, compare.csv, compare.json and compare.png into ``output_dir``."""
+    path = os.path.join(output_dir, "compare")
+    write_json(report, path + ".json", indent=2)
+    write_csv(_csv_rows(report), path + ".csv")
+    write_text(format_markdown(report), path + ".md")
+    with atomic_path(path + ".png") as tmp:
+        _figure(report).savefig(tmp, format="png", dpi=110)
