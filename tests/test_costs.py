@@ -8,6 +8,7 @@ import benchmark  # tools/benchmark.py
 import pytest
 
 from maskrcnnpp import cli
+from maskrcnnpp.analysis.benchmark_report import format_costs, named_configs
 from maskrcnnpp.analysis.cost import cost_rows
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark_cfg
 
@@ -49,7 +50,7 @@ def configs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rows(configs):
     settings = BenchmarkSettings(image_size=64, detections=10)
-    named = benchmark.named_configs([configs[k] for k in ("fpn", "dense", "pruned", "ours_fpn")], [])
+    named = named_configs([configs[k] for k in ("fpn", "dense", "pruned", "ours_fpn")], [])
     return cost_rows([(name, benchmark_cfg(cfg, settings)) for name, cfg in named], 64)
 
 
@@ -72,7 +73,7 @@ def test_costs_and_ratios_to_the_first_config(rows):
 
 
 def test_cost_table(rows):
-    lines = benchmark.format_costs({"image_size": 64, "results": rows}).splitlines()
+    lines = format_costs({"image_size": 64, "results": rows}).splitlines()
     assert lines[0].startswith("Costs at 64x64 (fvcore: 1 multiply-add = 1 flop")
     assert "neck GFLOPs" in lines[2] and "backbone flops ratio" in lines[2]
     assert len(lines) == 4 + len(rows)
