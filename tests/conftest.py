@@ -1,4 +1,7 @@
-"""Shared fixtures: a tiny synthetic nuclei set and a runner for the project's command-line tools."""
+"""Shared fixtures: a tiny synthetic nuclei set, and the project's command-line tools run in a
+subprocess or loaded in-process."""
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,7 +11,8 @@ import pytest
 from maskrcnnpp.data.synthetic import generate_synthetic_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "tools"))  # the tools' own functions (reports, figures)
+# Until test_images.py and test_lazy_config.py load their tools with load_tool, as the others do.
+sys.path.insert(0, os.path.join(REPO, "tools"))
 
 # A model and schedule small enough for a few CPU iterations in seconds, on top of the quickstart.
 TINY_TRAINING = [
@@ -41,3 +45,14 @@ def run_tool(script, *args, env=None, timeout=600):
         [sys.executable, os.path.join(REPO, "tools", script), *map(str, args)],
         cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+@functools.cache
+def load_tool(name):
+    """``tools/<name>.py`` loaded from its file, for tests that run the tool in-process (its
+    ``main``): the tools are scripts, not a package. Cached: one module per tool, as an import
+    gives, so that monkeypatching it reaches its callers."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool

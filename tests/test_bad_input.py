@@ -10,21 +10,22 @@ import re
 import pickle
 import runpy
 
-import compare  # tools/compare.py
 import cv2
-import benchmark  # tools/benchmark.py
-import evaluate  # tools/evaluate.py
 import numpy as np
-import predict  # tools/predict.py
 import pytest
 import torch
-import train_net  # tools/train_net.py
-from conftest import REPO, TINY_TRAINING, run_tool
+from conftest import REPO, TINY_TRAINING, load_tool, run_tool
 from detectron2.modeling import build_model
 
 from maskrcnnpp import cli
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.coco_io import coco_dict, encode_mask
+
+benchmark = load_tool("benchmark")
+compare = load_tool("compare")
+evaluate = load_tool("evaluate")
+predict = load_tool("predict")
+train_net = load_tool("train_net")
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
 DENSE = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")

@@ -7,14 +7,14 @@ import shlex
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import REPO, TINY_TRAINING, run_tool
-
-from compare import compare  # tools/compare.py
+from conftest import REPO, TINY_TRAINING, load_tool, run_tool
 
 from maskrcnnpp.analysis.comparison import ACCURACY_METRICS, summarize
 from maskrcnnpp.analysis.comparison_report import _csv_rows, _figure, format_markdown, shell_words
 from maskrcnnpp.analysis.runs import plan_runs
 from maskrcnnpp.errors import UserInputError
+
+compare = load_tool("compare").compare
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
 DENSE_QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")

@@ -4,13 +4,15 @@ what a neck costs, as ratios to FPN."""
 import json
 from pathlib import Path
 
-import benchmark  # tools/benchmark.py
 import pytest
+from conftest import load_tool
 
 from maskrcnnpp import cli
 from maskrcnnpp.analysis.benchmark_report import format_costs, named_configs
 from maskrcnnpp.analysis.cost import cost_rows
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark_cfg
+
+benchmark = load_tool("benchmark")
 
 pytestmark = pytest.mark.slow  # runs the tool or builds several models
 

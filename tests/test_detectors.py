@@ -3,10 +3,9 @@ RetinaNet++ (boxes only), each beside its FPN twin."""
 import json
 
 import numpy as np
-import predict  # tools/predict.py
 import pytest
 import torch
-from conftest import TINY_TRAINING, run_tool
+from conftest import TINY_TRAINING, load_tool, run_tool
 from detectron2.modeling import build_model
 from test_dense_fpn import disc_batch, make_cfg, train_losses
 
@@ -15,6 +14,8 @@ from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.data.coco_io import write_rgb_png
 from maskrcnnpp.data.synthetic import render_scene
 from maskrcnnpp.modeling import DenseFPN
+
+predict = load_tool("predict")
 
 # (FPN twin, dense config): each pair differs only in the neck.
 MASK_TWINS = [("cascade_maskrcnn_R50_FPN.yaml", "cascade_maskrcnnpp_R50.yaml"),
