@@ -18,7 +18,6 @@ import zipfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 
 from .errors import UserInputError
 from .io_utils import atomic_path, write_text
@@ -114,22 +113,3 @@ def load_weights(cfg, model):
     return model
 
 
-def check_model(cfg, weights=None):
-    """Build the model of ``cfg`` on the CPU, as the tools run it (with its overlap-tile
-    predictor), and load ``weights`` (default MODEL.WEIGHTS, none if empty) into it: a choice that
-    cannot be built, or a missing, unreadable, unsafe or unfitting weights file, fails here with
-    its one-line error, before a tool writes anything. Returns the model (eval mode)."""
-    weights = cfg.MODEL.WEIGHTS if weights is None else weights
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise UserInputError(f"The weights file {weights} does not exist.")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.WEIGHTS = weights
-    from .inference.tiling import TiledPredictor  # it loads weights with this module
-
-    model = build_model(cfg)
-    TiledPredictor(cfg, model=model)  # checks TEST.TILE and INPUT.FORMAT
-    if weights:
-        load_weights(cfg, model)
-    return model.eval()

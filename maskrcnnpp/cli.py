@@ -7,7 +7,8 @@ import sys
 from detectron2.config import get_cfg
 from torch.multiprocessing import ProcessExitedException
 
-from .config import add_maskrcnnpp_config, config_keys
+from .config import add_maskrcnnpp_config
+from .config_loader import config_keys
 from .errors import TrainingDiverged, UserInputError
 
 

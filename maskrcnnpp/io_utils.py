@@ -9,27 +9,9 @@ import signal
 import tempfile
 import threading
 
-from .errors import UserInputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-def check_writable(path, what="Output folder"):
-    """Raise unless a folder can be created (or written) at ``path``, leaving nothing behind:
-    the nearest existing folder above it must be a folder that takes a new file."""
-    existing = os.path.abspath(os.fspath(path))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UserInputError(f"{what} {path} cannot be created: {existing} is a file, not a folder.")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise UserInputError(
-            f"{what} {path} is not writable ({e.strerror} in {existing}); choose another place."
-        ) from None
 
 
 @contextlib.contextmanager

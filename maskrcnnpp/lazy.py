@@ -15,9 +15,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .checkpoint import NucleiCheckpointer
-from .data.datasets import check_datasets
 from .errors import TrainingDiverged, UserInputError
-from .io_utils import check_writable
 
 # What detectron2's lazyconfig_train_net.py reads from a config.
 REQUIRED_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
@@ -52,24 +50,6 @@ def load_lazy_config(path, overrides=()):
         return LazyConfig.apply_overrides(cfg, list(overrides))
     except Exception as e:
         raise UserInputError(f"Cannot apply the overrides {list(overrides)}: {e}") from None
-
-
-def check_lazy_inputs(cfg, eval_only=False):
-    """Build the model on the CPU (DenseFPN and detectron2 check their arguments), load the
-    weights it starts from, and check the datasets and the output folder, before anything runs."""
-    check_writable(cfg.train.output_dir, "train.output_dir")
-    model = build_lazy_model(cfg, device="cpu")
-    _instantiate(cfg.lr_multiplier, "lr_multiplier")
-    if cfg.train.init_checkpoint:
-        NucleiCheckpointer(model).load(cfg.train.init_checkpoint)
-    elif eval_only:
-        raise UserInputError("--eval-only needs trained weights: pass train.init_checkpoint=PATH.")
-    train_names = () if eval_only else _names(cfg.dataloader.train.dataset.names)
-    check_datasets(cfg, [*train_names, *_names(cfg.dataloader.test.dataset.names)], train_names)
-
-
-def _names(names):
-    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def _instantiate(node, what):

@@ -4,7 +4,7 @@ import os
 from detectron2.modeling import build_model
 
 from .checkpoint import load_weights
-from .config import build_cfg
+from .config_loader import build_cfg
 from .errors import UserInputError, did_you_mean
 from .lazy import build_lazy_model, is_lazy_config, load_lazy_config
 

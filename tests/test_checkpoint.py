@@ -9,7 +9,7 @@ from conftest import REPO
 from detectron2.modeling import build_model
 
 from maskrcnnpp.checkpoint import NucleiCheckpointer, load_weights
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.errors import UserInputError
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")

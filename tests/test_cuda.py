@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_TRAINING, run_tool
 
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from detectron2.modeling import build_backbone
 
 pytestmark = [pytest.mark.slow,

@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 from detectron2.structures import Boxes, Instances
 
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.images import read_rgb8
 from maskrcnnpp.data.prepare import prepare_labelmaps
 from maskrcnnpp.errors import UserInputError

@@ -15,10 +15,11 @@ from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from omegaconf import DictConfig, OmegaConf
 
 from maskrcnnpp import cli
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.datasets import register_nuclei_coco
 from maskrcnnpp.errors import UserInputError
-from maskrcnnpp.lazy import build_lazy_model, check_lazy_inputs, load_lazy_config
+from maskrcnnpp.lazy import build_lazy_model, load_lazy_config
+from maskrcnnpp.preflight import check_lazy_inputs
 from maskrcnnpp.modeling import DenseFPN
 
 LAZY = os.path.join(REPO, "configs", "lazy")

@@ -6,7 +6,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from maskrcnnpp.analysis.speed import BenchmarkSettings, synthetic_batch
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.modeling.mask_head import soft_dice_loss
 

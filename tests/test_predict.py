@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from maskrcnnpp.data.coco_io import write_rgb_png
 from maskrcnnpp.data.synthetic import render_scene
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 
 pytestmark = pytest.mark.slow  # runs the tool or builds several models
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_TRAINING, run_tool
 
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.training import data_loader_workers
 
 QUICKSTART = "configs/quickstart_synthetic.yaml"

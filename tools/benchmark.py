@@ -26,7 +26,8 @@ from maskrcnnpp.analysis.benchmark_report import format_costs, format_speed, nam
 from maskrcnnpp.analysis.cost import cost_rows
 from maskrcnnpp.analysis.speed import DEFAULT_REPEATS, BenchmarkSettings, benchmark, benchmark_cfg
 from maskrcnnpp.errors import UserInputError
-from maskrcnnpp.io_utils import check_writable, write_json, write_text
+from maskrcnnpp.io_utils import write_json, write_text
+from maskrcnnpp.preflight import check_writable
 
 def device_defaults(index):
     """The default of one of (warmup, repeats, train_repeats) per device, for --help."""

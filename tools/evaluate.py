@@ -16,7 +16,7 @@ from detectron2.config import get_cfg
 
 from maskrcnnpp import cli
 from maskrcnnpp.config import add_maskrcnnpp_config
-from maskrcnnpp.io_utils import check_writable
+from maskrcnnpp.preflight import check_writable
 from maskrcnnpp.evaluation import (
     evaluate_coco_predictions,
     format_summary,

@@ -29,14 +29,14 @@ from detectron2.data import DatasetCatalog
 from tqdm import tqdm
 
 from maskrcnnpp import cli
-from maskrcnnpp.checkpoint import check_model
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.images import read_rgb8
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.export import DEFAULT_ONNX_OPSET, EXPORT_METHODS, Tolerance, check_and_time
 from maskrcnnpp.export import check_opset, export, within
 from maskrcnnpp.inference import TiledPredictor
-from maskrcnnpp.io_utils import check_writable, write_json
+from maskrcnnpp.io_utils import write_json
+from maskrcnnpp.preflight import check_model, check_writable
 from maskrcnnpp.machine import describe
 
 REPORT_FILE = "export_report.json"

@@ -27,8 +27,7 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from maskrcnnpp import cli
-from maskrcnnpp.checkpoint import check_model
-from maskrcnnpp.config import build_cfg
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.datasets import category_ids
 from maskrcnnpp.data.images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS, read_rgb8
 from maskrcnnpp.errors import UserInputError

@@ -10,7 +10,6 @@
 A ``.py`` config is a LazyConfig (overrides key=value), trained as detectron2's
 tools/lazyconfig_train_net.py trains it; a ``.yaml`` one goes through the Trainer (KEY VALUE).
 """
-import os
 import sys
 
 import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time warnings)
@@ -21,20 +20,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from maskrcnnpp import cli
-from maskrcnnpp.checkpoint import NucleiCheckpointer, check_model
-from maskrcnnpp.config import build_cfg
-from maskrcnnpp.data.augment import build_nuclei_augmentations
-from maskrcnnpp.data.datasets import check_datasets
+from maskrcnnpp.checkpoint import NucleiCheckpointer
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.errors import TrainingDiverged, UserInputError
-from maskrcnnpp.io_utils import check_writable
-from maskrcnnpp.lazy import (
-    build_lazy_model,
-    check_lazy_inputs,
-    evaluate_lazy,
-    is_lazy_config,
-    load_lazy_config,
-    train_lazy,
-)
+from maskrcnnpp.lazy import build_lazy_model, evaluate_lazy, is_lazy_config, load_lazy_config, train_lazy
+from maskrcnnpp.preflight import check_inputs
 from maskrcnnpp.training import Trainer, enable_cpu_ddp
 
 
@@ -85,38 +75,6 @@ def _train_or_evaluate_lazy(args):
         NucleiCheckpointer(model).load(cfg.train.init_checkpoint)
         return evaluate_lazy(cfg, model)
     return train_lazy(cfg, resume=args.resume)
-
-
-def weights_to_load(cfg, resume):
-    """The file training or evaluation starts from: with --resume, OUTPUT_DIR's last checkpoint
-    where there is one, else MODEL.WEIGHTS (as detectron2's resume_or_load decides)."""
-    checkpointer = NucleiCheckpointer.from_config(cfg, None, cfg.OUTPUT_DIR)
-    if resume and checkpointer.has_checkpoint():
-        return checkpointer.get_checkpoint_file()
-    return cfg.MODEL.WEIGHTS
-
-
-def check_inputs(args):
-    """Everything a run needs, checked before any process starts or any file is written: the
-    config and the model it builds, the weights it loads, the datasets and every image they
-    reference, and a writable OUTPUT_DIR."""
-    if not args.config_file:
-        raise UserInputError("--config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
-    if is_lazy_config(args.config_file):
-        check_lazy_inputs(load_lazy_config(args.config_file, args.opts), args.eval_only)
-        return
-    cfg = build_cfg(args.config_file, args.opts)
-    if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
-        raise UserInputError(
-            f"--eval-only needs trained weights, but MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a file. "
-            "Pass MODEL.WEIGHTS path/to/model_final.pth (or --resume to use OUTPUT_DIR's last checkpoint)."
-        )
-    check_writable(cfg.OUTPUT_DIR, "OUTPUT_DIR")
-    check_model(cfg, weights_to_load(cfg, args.resume))
-    if not args.eval_only:
-        build_nuclei_augmentations(cfg, is_train=True)  # checks INPUT.NUCLEI_AUG
-    train = () if args.eval_only else cfg.DATASETS.TRAIN
-    check_datasets(cfg, [*train, *cfg.DATASETS.TEST], train_names=train)
 
 
 def main(argv):

@@ -7,7 +7,7 @@ import os
 
 from tabulate import tabulate
 
-from ..config import build_cfg
+from ..config_loader import build_cfg
 from .cost import COST_RATIO_KEYS
 
 # (key, column title, format) of the speed table.

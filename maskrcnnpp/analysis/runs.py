@@ -14,11 +14,10 @@ import numpy as np
 import yaml
 from detectron2.config import get_cfg
 
-from ..checkpoint import check_model
-from ..config import add_maskrcnnpp_config, build_cfg
-from ..data.datasets import check_datasets
+from ..config import add_maskrcnnpp_config
+from ..config_loader import build_cfg
 from ..errors import UserInputError
-from ..io_utils import check_writable
+from ..preflight import check_datasets, check_model, check_writable
 
 # Configs must agree on these: "same data and schedule".
 SHARED_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH")

@@ -30,11 +30,12 @@ from detectron2.solver import build_optimizer
 from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
-from ..checkpoint import check_model, load_weights
+from ..checkpoint import load_weights
 from ..data.synthetic import render_scene
 from ..errors import UserInputError, check_choice
 from ..machine import cuda_unavailable_reason
 from ..machine import describe as describe_machine
+from ..preflight import check_model
 from .cost import measure_cost
 from .memory import MEMORY_METHODS, peak_memory_meter
 

@@ -5,9 +5,8 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..errors import UserInputError, did_you_mean
+from ..errors import UserInputError
 from .coco_io import NUCLEUS_CATEGORIES
-from .images import read_header
 from .synthetic import generate_synthetic_dataset
 
 # split -> (number of images, seed); image i of a split depends only on (seed, i).
@@ -114,67 +113,6 @@ def register_config_datasets(cfg):
                 f"Dataset name {name!r} in DATASETS.COCO_NUCLEI is already registered; pick another name."
             )
         register_nuclei_coco(name, json_file, image_root)
-
-
-# Pillow modes of the 8-bit images detectron2's data loader reads as they are.
-EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
-# Bad images listed in an error, at most.
-SHOWN_PROBLEMS = 3
-
-
-def check_datasets(cfg, names, train_names=()):
-    """Fail early, in the launching process, if a dataset is unknown, missing or malformed.
-
-    Every image a dataset references is checked by its header (present, an image, the size its
-    COCO entry says, 8-bit), all at once, so one message lists what is wrong; a training dataset
-    (``train_names``) must have an image with annotations. Loading each dataset once also
-    generates the synthetic set before workers start.
-    """
-    registered = DatasetCatalog.list()
-    for name in dict.fromkeys(names):
-        if name not in registered:
-            nuclei = sorted(n for n in registered if "nuclei" in n or "dsb" in n)
-            raise UserInputError(
-                f"Dataset {name!r} is not registered.{did_you_mean(name, registered)} "
-                f"Built-in nuclei datasets: {nuclei}. Register your own COCO set with "
-                "DATASETS.COCO_NUCLEI \"[['NAME', 'path/to/annotations.json', 'path/to/images']]\"."
-            )
-        records = DatasetCatalog.get(name)
-        if not records:
-            raise UserInputError(f"Dataset {name!r} holds no images.")
-        if name in train_names and not any(record.get("annotations") for record in records):
-            raise UserInputError(
-                f"Dataset {name!r} is used for training, but none of its {len(records)} images "
-                "has annotations: there are no nuclei to learn from. Check its COCO file's "
-                "'annotations' and their 'image_id's."
-            )
-        _check_images(name, records)
-
-
-def _check_images(name, records):
-    problems = []
-    for record in records:
-        try:
-            width, height, mode = read_header(record["file_name"])
-        except UserInputError as e:
-            problems.append(str(e))
-            continue
-        if (width, height) != (record["width"], record["height"]):
-            problems.append(
-                f"Image {record['file_name']} is {width}x{height} but its COCO entry says "
-                f"{record['width']}x{record['height']} (width x height)."
-            )
-        elif mode not in EIGHT_BIT_MODES:
-            problems.append(
-                f"Image {record['file_name']} is not 8-bit (Pillow mode {mode}); training reads "
-                "8-bit images: convert the set with datasets/prepare_nuclei.py labelmap."
-            )
-    if problems:
-        more = len(problems) - SHOWN_PROBLEMS
-        raise UserInputError(
-            f"Dataset {name!r}: {len(problems)} of its {len(records)} images cannot be used: "
-            + " ".join(problems[:SHOWN_PROBLEMS]) + (f" ... and {more} more." if more > 0 else "")
-        )
 
 
 def category_ids(dataset_name):

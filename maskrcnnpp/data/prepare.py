@@ -24,7 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import UserInputError, check_choice
-from ..io_utils import atomic_directory, check_writable, write_json
+from ..io_utils import atomic_directory, write_json
+from ..preflight import check_writable
 from .coco_io import coco_dict, write_sample
 from .image_types import IMAGE_TYPES
 from .images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS, read_image_file, to_rgb8

@@ -1,0 +1,163 @@
+"""Pre-launch checks: everything a run needs is checked before any process starts or any file is
+written (the config's model builds, its weights load safely and fit, the datasets are registered and
+readable, the output is writable, the device suits the machine), so a mistake ends in one line."""
+import os
+import tempfile
+
+from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
+
+from .checkpoint import NucleiCheckpointer, load_weights
+from .config_loader import build_cfg
+from .data.augment import build_nuclei_augmentations
+from .data.images import read_header
+from .errors import UserInputError, did_you_mean
+from .inference.tiling import TiledPredictor
+from .lazy import _instantiate, build_lazy_model, is_lazy_config, load_lazy_config
+
+
+def check_writable(path, what="Output folder"):
+    """Raise unless a folder can be created (or written) at ``path``, leaving nothing behind:
+    the nearest existing folder above it must be a folder that takes a new file."""
+    existing = os.path.abspath(os.fspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserInputError(f"{what} {path} cannot be created: {existing} is a file, not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserInputError(
+            f"{what} {path} is not writable ({e.strerror} in {existing}); choose another place."
+        ) from None
+
+
+def check_model(cfg, weights=None):
+    """Build the model of ``cfg`` on the CPU, as the tools run it (with its overlap-tile
+    predictor), and load ``weights`` (default MODEL.WEIGHTS, none if empty) into it: a choice that
+    cannot be built, or a missing, unreadable, unsafe or unfitting weights file, fails here with
+    its one-line error, before a tool writes anything. Returns the model (eval mode)."""
+    weights = cfg.MODEL.WEIGHTS if weights is None else weights
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise UserInputError(f"The weights file {weights} does not exist.")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = weights
+    model = build_model(cfg)
+    TiledPredictor(cfg, model=model)  # checks TEST.TILE and INPUT.FORMAT
+    if weights:
+        load_weights(cfg, model)
+    return model.eval()
+
+
+# Pillow modes of the 8-bit images detectron2's data loader reads as they are.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
+# Bad images listed in an error, at most.
+SHOWN_PROBLEMS = 3
+
+
+def check_datasets(cfg, names, train_names=()):
+    """Fail early, in the launching process, if a dataset is unknown, missing or malformed.
+
+    Every image a dataset references is checked by its header (present, an image, the size its
+    COCO entry says, 8-bit), all at once, so one message lists what is wrong; a training dataset
+    (``train_names``) must have an image with annotations. Loading each dataset once also
+    generates the synthetic set before workers start.
+    """
+    registered = DatasetCatalog.list()
+    for name in dict.fromkeys(names):
+        if name not in registered:
+            nuclei = sorted(n for n in registered if "nuclei" in n or "dsb" in n)
+            raise UserInputError(
+                f"Dataset {name!r} is not registered.{did_you_mean(name, registered)} "
+                f"Built-in nuclei datasets: {nuclei}. Register your own COCO set with "
+                "DATASETS.COCO_NUCLEI \"[['NAME', 'path/to/annotations.json', 'path/to/images']]\"."
+            )
+        records = DatasetCatalog.get(name)
+        if not records:
+            raise UserInputError(f"Dataset {name!r} holds no images.")
+        if name in train_names and not any(record.get("annotations") for record in records):
+            raise UserInputError(
+                f"Dataset {name!r} is used for training, but none of its {len(records)} images "
+                "has annotations: there are no nuclei to learn from. Check its COCO file's "
+                "'annotations' and their 'image_id's."
+            )
+        _check_images(name, records)
+
+
+def _check_images(name, records):
+    problems = []
+    for record in records:
+        try:
+            width, height, mode = read_header(record["file_name"])
+        except UserInputError as e:
+            problems.append(str(e))
+            continue
+        if (width, height) != (record["width"], record["height"]):
+            problems.append(
+                f"Image {record['file_name']} is {width}x{height} but its COCO entry says "
+                f"{record['width']}x{record['height']} (width x height)."
+            )
+        elif mode not in EIGHT_BIT_MODES:
+            problems.append(
+                f"Image {record['file_name']} is not 8-bit (Pillow mode {mode}); training reads "
+                "8-bit images: convert the set with datasets/prepare_nuclei.py labelmap."
+            )
+    if problems:
+        more = len(problems) - SHOWN_PROBLEMS
+        raise UserInputError(
+            f"Dataset {name!r}: {len(problems)} of its {len(records)} images cannot be used: "
+            + " ".join(problems[:SHOWN_PROBLEMS]) + (f" ... and {more} more." if more > 0 else "")
+        )
+
+
+def check_lazy_inputs(cfg, eval_only=False):
+    """Build the model on the CPU (DenseFPN and detectron2 check their arguments), load the
+    weights it starts from, and check the datasets and the output folder, before anything runs."""
+    check_writable(cfg.train.output_dir, "train.output_dir")
+    model = build_lazy_model(cfg, device="cpu")
+    _instantiate(cfg.lr_multiplier, "lr_multiplier")
+    if cfg.train.init_checkpoint:
+        NucleiCheckpointer(model).load(cfg.train.init_checkpoint)
+    elif eval_only:
+        raise UserInputError("--eval-only needs trained weights: pass train.init_checkpoint=PATH.")
+    train_names = () if eval_only else _names(cfg.dataloader.train.dataset.names)
+    check_datasets(cfg, [*train_names, *_names(cfg.dataloader.test.dataset.names)], train_names)
+
+
+def _names(names):
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def weights_to_load(cfg, resume):
+    """The file training or evaluation starts from: with --resume, OUTPUT_DIR's last checkpoint
+    where there is one, else MODEL.WEIGHTS (as detectron2's resume_or_load decides)."""
+    checkpointer = NucleiCheckpointer.from_config(cfg, None, cfg.OUTPUT_DIR)
+    if resume and checkpointer.has_checkpoint():
+        return checkpointer.get_checkpoint_file()
+    return cfg.MODEL.WEIGHTS
+
+
+def check_inputs(args):
+    """Everything a run needs, checked before any process starts or any file is written: the
+    config and the model it builds, the weights it loads, the datasets and every image they
+    reference, and a writable OUTPUT_DIR."""
+    if not args.config_file:
+        raise UserInputError("--config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
+    if is_lazy_config(args.config_file):
+        check_lazy_inputs(load_lazy_config(args.config_file, args.opts), args.eval_only)
+        return
+    cfg = build_cfg(args.config_file, args.opts)
+    if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
+        raise UserInputError(
+            f"--eval-only needs trained weights, but MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a file. "
+            "Pass MODEL.WEIGHTS path/to/model_final.pth (or --resume to use OUTPUT_DIR's last checkpoint)."
+        )
+    check_writable(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    check_model(cfg, weights_to_load(cfg, args.resume))
+    if not args.eval_only:
+        build_nuclei_augmentations(cfg, is_train=True)  # checks INPUT.NUCLEI_AUG
+    train = () if args.eval_only else cfg.DATASETS.TRAIN
+    check_datasets(cfg, [*train, *cfg.DATASETS.TEST], train_names=train)
