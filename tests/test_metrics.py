@@ -27,7 +27,7 @@ from maskrcnnpp.evaluation import (
     load_coco_gt,
     summarize_images,
 )
-from maskrcnnpp.evaluation.nuclei_evaluation import COCO_AP_NAMES
+from maskrcnnpp.evaluation.scoring import COCO_AP_NAMES
 
 SHAPE = (10, 20)
 SCORES = ("iou", "dice", "dsb_score", "aji", "pq", "sq", "dq")

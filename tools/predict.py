@@ -32,7 +32,7 @@ from maskrcnnpp.data.datasets import category_ids
 from maskrcnnpp.data.images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS, read_rgb8
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.evaluation import instances_to_labelmap
-from maskrcnnpp.evaluation.nuclei_evaluation import LazyRLEMasks
+from maskrcnnpp.evaluation.coco_files import LazyRLEMasks
 from maskrcnnpp.inference import TiledPredictor
 from maskrcnnpp.inference.predict import coco_results
 from maskrcnnpp.io_utils import atomic_path, check_writable, write_json

@@ -1,5 +1,7 @@
 """Nuclei evaluation: the metrics and NucleiEvaluator, shared by training and tools/evaluate.py."""
 
+from .coco_files import load_coco_gt, load_coco_results
+from .evaluator import NucleiEvaluator
 from .metrics import (
     aggregated_jaccard_index,
     dsb_score,
@@ -11,11 +13,5 @@ from .metrics import (
     panoptic_scores,
     summarize_images,
 )
-from .nuclei_evaluation import (
-    NucleiEvaluator,
-    evaluate_coco_predictions,
-    format_summary,
-    load_coco_gt,
-    load_coco_results,
-    save_evaluation,
-)
+from .report import format_summary, save_evaluation
+from .scoring import evaluate_coco_predictions

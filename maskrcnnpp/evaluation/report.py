@@ -1,0 +1,90 @@
+"""The nuclei evaluation report: the summary as readable tables, and its JSON and CSV files."""
+
+import math
+
+from tabulate import tabulate
+
+from ..io_utils import write_csv, write_json
+from .scoring import COCO_AP
+
+OVERLAP_RULE = "where predicted masks overlap, each pixel goes to the higher-scoring instance"
+BOX_ONLY = ("the model predicts boxes only, so the mask metrics (mask AP, IoU, Dice, DSB score, "
+            "AJI, PQ) do not apply")
+
+def _ap_rows(kind):
+    """SUMMARY_TABLE rows of the COCO AP of ``kind`` ("mask" or "box")."""
+    return tuple((f"{kind}_{name}", ".2f", f"COCO {kind} {meaning}") for name, meaning in COCO_AP)
+
+
+# The summary as a table: (key, how to print the value, what it means). Only the keys a summary
+# has are shown: tools/evaluate.py has no box AP, a box-only model no mask metrics.
+SUMMARY_TABLE = _ap_rows("mask") + _ap_rows("box") + (
+    ("iou", ".4f", "foreground IoU, pixels pooled over images"),
+    ("dice", ".4f", "foreground Dice, pixels pooled over images"),
+    ("iou_macro", ".4f", "foreground IoU, mean over images"),
+    ("dice_macro", ".4f", "foreground Dice, mean over images"),
+    ("dsb_score", ".4f", "DSB2018: mean over IoU 0.50:0.95 of TP/(TP+FP+FN), mean over images"),
+    ("aji", ".4f", "Aggregated Jaccard Index, mean over images"),
+    ("pq", ".4f", "panoptic quality SQ x DQ, matches IoU > 0.5 pooled over images"),
+    ("sq", ".4f", "segmentation quality: mean IoU of the matches"),
+    ("dq", ".4f", "detection quality: TP / (TP + FP/2 + FN/2)"),
+    ("pq_macro", ".4f", "panoptic quality, mean over images"),
+    ("num_images", "d", "images evaluated"),
+    ("num_true", "d", "true nuclei"),
+    ("num_pred", "d", "predicted nuclei in the instance maps"),
+    ("true_per_image", ".1f", "true nuclei per image"),
+    ("pred_per_image", ".1f", "predicted nuclei per image"),
+)
+
+
+# The per-type table: the metrics a reader compares across image types.
+TYPE_TABLE_KEYS = ("mask_AP", "mask_AP50", "iou", "dice", "dsb_score", "aji", "pq", "num_images",
+                   "num_true", "num_pred")
+
+
+def format_summary(summary):
+    """The summary as readable tables, headed by the settings that shape the numbers: every
+    metric with its meaning, then the main ones per image type."""
+    table = [
+        (key, format(summary[key], value_format), meaning)
+        for key, value_format, meaning in SUMMARY_TABLE
+        if key in summary
+    ]
+    if "mask_AP" in summary:
+        settings = (f"Instance maps keep predictions with score >= {summary['score_threshold']:g}; "
+                    f"{OVERLAP_RULE}. Mask AP ranks")
+    else:
+        settings = f"Here {BOX_ONLY}. Box AP ranks"
+    text = (
+        f"Nuclei evaluation. {settings} all predictions, up to maxDets={summary['max_dets']} per "
+        "image.\n"
+        + tabulate(
+            table, headers=("metric", "value", "meaning"), tablefmt="pipe", disable_numparse=True
+        )
+    )
+    by_type = summary.get("by_type")
+    if by_type:
+        formats = {key: value_format for key, value_format, _ in SUMMARY_TABLE}
+        rows = [[key] + [format(by_type[kind][key], formats[key]) for kind in by_type]
+                for key in TYPE_TABLE_KEYS]
+        text += "\n\nPer image type:\n" + tabulate(
+            rows, headers=["metric", *by_type], tablefmt="pipe", disable_numparse=True
+        )
+    return text
+
+
+def _without_nan(value):
+    """``value`` with every NaN float, at any depth, replaced by None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def save_evaluation(summary, rows, json_path, csv_path):
+    """Write the summary as JSON (NaN as null, plus the overlap rule, or for a box-only model why
+    the mask metrics are absent) and the rows, if any, as CSV."""
+    note = ({"overlap_rule": OVERLAP_RULE} if "mask_AP" in summary
+            else {"mask_metrics": f"not applicable: {BOX_ONLY}"})
+    write_json({**_without_nan(summary), **note}, json_path, indent=2)
+    if rows:
+        write_csv(rows, csv_path)
