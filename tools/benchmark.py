@@ -29,6 +29,7 @@ from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json, write_text
 from maskrcnnpp.preflight import check_writable
 
+
 def device_defaults(index):
     """The default of one of (warmup, repeats, train_repeats) per device, for --help."""
     return ", ".join(f"{device} {counts[index]}" for device, counts in DEFAULT_REPEATS.items())

@@ -43,6 +43,7 @@ POLL_SECONDS = 2.0
 # mid-sized DSB2018 image.
 NATIVE_BENCHMARK_SIZE = 512
 
+
 def train(run, position, total, num_gpus):
     """Train and evaluate ``run`` in a child process, showing its iteration; resumes if it can."""
     command = [
