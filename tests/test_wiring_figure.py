@@ -1,5 +1,4 @@
 """The wiring figure draws exactly the topology tables; tools/draw_wiring.py fails in one line."""
-import importlib.util
 import os
 
 import pytest
@@ -11,15 +10,7 @@ from maskrcnnpp.cli import run
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.modeling.topology import WIRINGS, Node, pyramid_nodes
 
-from conftest import REPO, run_tool
-
-
-def _draw_wiring_tool():
-    spec = importlib.util.spec_from_file_location(
-        "draw_wiring_tool", os.path.join(REPO, "tools", "draw_wiring.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_tool, run_tool
 
 
 def _drawn(axes):
@@ -73,7 +64,7 @@ def test_bad_topology_and_levels_are_refused():
 
 
 def test_tool_writes_png_and_fails_in_one_line(tmp_path, capsys):
-    tool = _draw_wiring_tool()
+    tool = load_tool("draw_wiring")
     out = tmp_path / "wiring.png"
     assert run(tool.main, ["--topology", "nested", "--levels", "3", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
