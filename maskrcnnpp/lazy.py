@@ -52,7 +52,7 @@ def load_lazy_config(path, overrides=()):
         raise UserInputError(f"Cannot apply the overrides {list(overrides)}: {e}") from None
 
 
-def _instantiate(node, what):
+def instantiate_or_explain(node, what):
     """``instantiate(node)``; what fails is the config's, so it becomes one UserInputError line."""
     try:
         return instantiate(node)
@@ -63,7 +63,7 @@ def _instantiate(node, what):
 
 
 def build_lazy_model(cfg, device=None):
-    return _instantiate(cfg.model, "model").to(device or cfg.train.device)
+    return instantiate_or_explain(cfg.model, "model").to(device or cfg.train.device)
 
 
 def evaluate_lazy(cfg, model):
@@ -94,8 +94,8 @@ def train_lazy(cfg, resume=False):
     """Train as detectron2's lazyconfig_train_net.py does, with NucleiCheckpointer."""
     model = build_lazy_model(cfg)
     cfg.optimizer.params.model = model
-    optimizer = _instantiate(cfg.optimizer, "optimizer")
-    train_loader = _instantiate(cfg.dataloader.train, "dataloader.train")
+    optimizer = instantiate_or_explain(cfg.optimizer, "optimizer")
+    train_loader = instantiate_or_explain(cfg.dataloader.train, "dataloader.train")
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     _stop_on_divergence(trainer, cfg)

@@ -11,9 +11,10 @@ from .checkpoint import NucleiCheckpointer, load_weights
 from .config_loader import build_cfg
 from .data.augment import build_nuclei_augmentations
 from .data.images import read_header
+from .device import check_amp, check_device
 from .errors import UserInputError, did_you_mean
 from .inference.tiling import TiledPredictor
-from .lazy import _instantiate, build_lazy_model, is_lazy_config, load_lazy_config
+from .lazy import build_lazy_model, instantiate_or_explain, is_lazy_config, load_lazy_config
 
 
 def check_writable(path, what="Output folder"):
@@ -46,7 +47,7 @@ def check_model(cfg, weights=None):
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = weights
     model = build_model(cfg)
-    TiledPredictor(cfg, model=model)  # checks TEST.TILE and INPUT.FORMAT
+    TiledPredictor(cfg, model)  # checks TEST.TILE and INPUT.FORMAT
     if weights:
         load_weights(cfg, model)
     return model.eval()
@@ -114,11 +115,14 @@ def _check_images(name, records):
 
 
 def check_lazy_inputs(cfg, eval_only=False):
-    """Build the model on the CPU (DenseFPN and detectron2 check their arguments), load the
-    weights it starts from, and check the datasets and the output folder, before anything runs."""
+    """Check the output folder and the device, build the model on the CPU (DenseFPN and
+    detectron2 check their arguments), load the weights it starts from, and check the datasets,
+    before anything runs."""
     check_writable(cfg.train.output_dir, "train.output_dir")
+    check_device(cfg.train.device, "train.device")
+    check_amp(cfg.train.amp.enabled, cfg.train.device, "train.amp.enabled", "train.device")
     model = build_lazy_model(cfg, device="cpu")
-    _instantiate(cfg.lr_multiplier, "lr_multiplier")
+    instantiate_or_explain(cfg.lr_multiplier, "lr_multiplier")
     if cfg.train.init_checkpoint:
         NucleiCheckpointer(model).load(cfg.train.init_checkpoint)
     elif eval_only:
@@ -140,7 +144,7 @@ def weights_to_load(cfg, resume):
     return cfg.MODEL.WEIGHTS
 
 
-def check_inputs(args):
+def check_train_net_args(args):
     """Everything a run needs, checked before any process starts or any file is written: the
     config and the model it builds, the weights it loads, the datasets and every image they
     reference, and a writable OUTPUT_DIR."""

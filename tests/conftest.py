@@ -11,8 +11,6 @@ import pytest
 from maskrcnnpp.data.synthetic import generate_synthetic_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Until test_images.py and test_lazy_config.py load their tools with load_tool, as the others do.
-sys.path.insert(0, os.path.join(REPO, "tools"))
 
 # A model and schedule small enough for a few CPU iterations in seconds, on top of the quickstart.
 TINY_TRAINING = [

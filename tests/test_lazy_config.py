@@ -3,10 +3,11 @@ with the same messages, and train under tools/train_net.py; each dense config di
 FPN twin only in the neck."""
 import json
 import os
+import re
 
 import pytest
-import train_net  # tools/train_net.py
-from conftest import REPO
+import torch
+from conftest import REPO, load_tool
 from detectron2.config import LazyCall as L
 from detectron2.config import LazyConfig
 from detectron2.data import DatasetCatalog
@@ -19,9 +20,10 @@ from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.datasets import register_nuclei_coco
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.lazy import build_lazy_model, load_lazy_config
-from maskrcnnpp.preflight import check_lazy_inputs
 from maskrcnnpp.modeling import DenseFPN
+from maskrcnnpp.preflight import check_lazy_inputs
 
+train_net = load_tool("train_net")
 LAZY = os.path.join(REPO, "configs", "lazy")
 # (FPN twin, dense config), as LazyConfigs; each is also the twin of the YAML config of its name.
 NECK_TWINS = [("maskrcnn_R50_FPN.py", "maskrcnnpp_R50.py"),
@@ -76,10 +78,24 @@ def test_each_dense_lazy_config_differs_from_its_fpn_twin_only_in_the_neck(fpn, 
     ("model.backbone.fusion=max", "MODEL.DENSE_FPN.FUSION='max' is not valid"),
     ("model.backbone.inference_depth=7", "MODEL.DENSE_FPN.INFERENCE_DEPTH=7 is not valid"),
     ("train.max_iter", "is written key=value, e.g. train.max_iter=100"),
+    ("train.device=cuda:x", "train.device='cuda:x'"),
+    ("train.device=gpu", "train.device='gpu' is not valid; use 'cuda', 'cuda:N' or 'cpu'"),
 ])
 def test_a_bad_option_gets_the_same_message_as_in_yaml(override, message):
     with pytest.raises(UserInputError, match=message):
         check_lazy_inputs(load_lazy_config(os.path.join(LAZY, "maskrcnnpp_R50.py"), [override]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+@pytest.mark.parametrize("overrides,message", [
+    (["train.device=cuda"], "train.device='cuda' needs a GPU, but no GPU is visible here"),
+    (["train.amp.enabled=True"], "train.amp.enabled True asks for mixed precision (float16 "
+     "autocast), which runs on a GPU only, and this run is on the CPU. Drop the override, or run "
+     "on a GPU (train.device cuda)."),
+])
+def test_a_device_or_precision_this_machine_lacks_is_refused_before_the_model_builds(overrides, message):
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        check_lazy_inputs(load_lazy_config(os.path.join(LAZY, "maskrcnnpp_R50.py"), overrides))
 
 
 @pytest.mark.parametrize("top_block,message", [

@@ -35,7 +35,8 @@ from maskrcnnpp.evaluation import instances_to_labelmap
 from maskrcnnpp.evaluation.coco_files import LazyRLEMasks
 from maskrcnnpp.inference import TiledPredictor
 from maskrcnnpp.inference.predict import coco_results
-from maskrcnnpp.io_utils import atomic_path, check_writable, write_json
+from maskrcnnpp.io_utils import atomic_path, write_json
+from maskrcnnpp.preflight import check_model, check_writable
 
 RESULTS_FILE = "coco_instances_results.json"
 
@@ -112,7 +113,7 @@ def save_image_outputs(path, image_bgr, results, score_threshold, output_dir, wi
 def predict_images(cfg, images, output_dir, intensity="percentile"):
     """Predict every image; returns (results of all images, nuclei kept, skipped (path, why),
     whether the model predicts masks: False for a box-only model, None if no image was read)."""
-    predict = TiledPredictor(cfg)
+    predict = TiledPredictor.from_config(cfg)
     ids = category_ids(cfg.DATASETS.TRAIN[0])
     all_results, nuclei, skipped, with_masks = [], 0, [], None
     for image_id, path in enumerate(tqdm(images, desc="predicting", unit="image"), start=1):

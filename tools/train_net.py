@@ -24,7 +24,7 @@ from maskrcnnpp.checkpoint import NucleiCheckpointer
 from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.errors import TrainingDiverged, UserInputError
 from maskrcnnpp.lazy import build_lazy_model, evaluate_lazy, is_lazy_config, load_lazy_config, train_lazy
-from maskrcnnpp.preflight import check_inputs
+from maskrcnnpp.preflight import check_train_net_args
 from maskrcnnpp.training import Trainer, enable_cpu_ddp
 
 
@@ -79,7 +79,7 @@ def _train_or_evaluate_lazy(args):
 
 def main(argv):
     args = default_argument_parser().parse_args(argv)
-    check_inputs(args)
+    check_train_net_args(args)
     launch(
         train_or_evaluate,
         args.num_gpus,

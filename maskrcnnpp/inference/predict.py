@@ -31,7 +31,7 @@ class PredictorModel(nn.Module):
     def __init__(self, cfg, model):
         super().__init__()
         self.model = model
-        self.predictor = TiledPredictor(cfg, model=model)
+        self.predictor = TiledPredictor(cfg, model)
 
     def forward(self, batched_inputs):
         return [self.predictor(inputs["bgr"]) for inputs in batched_inputs]

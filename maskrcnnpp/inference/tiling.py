@@ -233,10 +233,9 @@ class TiledPredictor:
     duplicate_iou = 0.5
     min_image_share = 0.25
 
-    def __init__(self, cfg, model=None):
-        """``model``: a built detectron2 model to use, in the mode it is in (e.g. the model being
-        trained, inside detectron2's ``inference_context``), instead of building one from ``cfg``
-        and loading ``cfg.MODEL.WEIGHTS``."""
+    def __init__(self, cfg, model):
+        """``model``: a built detectron2 model, used in the mode it is in (e.g. the model being
+        trained, inside detectron2's ``inference_context``); :meth:`from_config` builds one."""
         self.cfg = cfg.clone()
         self.tile_size, self.overlap, self.batch_size = (
             cfg.TEST.TILE.SIZE, cfg.TEST.TILE.OVERLAP, cfg.TEST.TILE.BATCH_SIZE)
@@ -249,13 +248,15 @@ class TiledPredictor:
         self.input_format = check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT, ("RGB", "BGR"))
         border = check_choice("TEST.TILE.BORDER", cfg.TEST.TILE.BORDER, BORDER_MARGINS)
         self.margin = int(self.overlap * BORDER_MARGINS[border])
-        if model is None:
-            model = build_model(self.cfg).eval()
-            load_weights(cfg, model)
         self.model = model
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
+
+    @classmethod
+    def from_config(cls, cfg):
+        """The predictor of a trained model: built from ``cfg``, ``cfg.MODEL.WEIGHTS`` loaded."""
+        return cls(cfg, load_weights(cfg, build_model(cfg).eval()))
 
     def __call__(self, original_image):
         """``original_image``: (H, W, C) array in BGR order, like DefaultPredictor's."""
