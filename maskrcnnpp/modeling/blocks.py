@@ -124,6 +124,8 @@ UPSAMPLERS = {
 }
 
 
-def _resizer_name(source, level):
+def resizer_key(source, level):
+    """The key in ``DenseFPN.resizers``, hence in state dicts, of the resizer from ``source``
+    to ``level``."""
     return f"{source}_to_level{level}"
 

@@ -3,7 +3,8 @@
 ``DenseFPN`` drops in for detectron2's FPN (same p2...p6, strides, channels, ``size_divisibility``
 and ``output_shape()``), so RPN/ROI heads, DefaultPredictor and export work unchanged. What varies
 between FPN, UNet+, UNet++ and UNet 3+ is only the table from :mod:`.topology`; how a node merges
-its inputs (fusion), the block after it, the normalization and the upsampling are options.
+its inputs (fusion), the block after it, the normalization and the upsampling are options, picked
+by name from the tables of :mod:`.blocks`.
 """
 
 import copy
@@ -20,7 +21,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from ..errors import UserInputError, check_choice
-from .blocks import FUSIONS, NODE_BLOCKS, UPSAMPLERS, MaxPoolDown, Resizer, _resizer_name
+from .blocks import FUSIONS, NODE_BLOCKS, UPSAMPLERS, MaxPoolDown, Resizer, resizer_key
 from .topology import WIRINGS, Node, available_depths, pyramid_nodes, schedule
 
 __all__ = [
@@ -131,7 +132,7 @@ class DenseFPN(Backbone):
             in_channels = node_width * len(edges) if fusion == "concat" else node_width
             self.nodes[str(node)] = NODE_BLOCKS[node_block](in_channels, node_width, norm)
             for edge in edges:
-                name = _resizer_name(edge.source, node.level)
+                name = resizer_key(edge.source, node.level)
                 if edge.resize != "identity" and name not in self.resizers:
                     factor = 2 ** abs(edge.source.level - node.level)
                     self.resizers[name] = make_resizer[edge.resize](node_width, factor)
@@ -143,7 +144,7 @@ class DenseFPN(Backbone):
         self._inputs = {
             str(node): [
                 (str(e.source),
-                 "" if e.resize == "identity" else _resizer_name(e.source, node.level),
+                 "" if e.resize == "identity" else resizer_key(e.source, node.level),
                  str(Node(node.level, 0)))
                 for e in edges
             ]
