@@ -304,7 +304,7 @@ def test_evaluate_pairs_predictions_by_file_name_not_by_their_own_numbering(tmp_
     # tools/predict.py numbers images 1..N; the ground truth calls the same image 7
     argv = evaluation_files(tmp_path, [{"image_id": 1, "file_name": "a.png"}])
     assert cli.run(evaluate.main, [str(a) for a in argv]) == 0
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "nuclei_metrics.json").read_text())
     assert metrics["mask_AP"] == pytest.approx(100) and metrics["iou"] == 1.0
 
 

@@ -55,7 +55,7 @@ def test_writes_metrics_and_per_image_rows(files, capsys):
     pred = write_json(tmp_path / "pred.json", predictions)
     assert evaluate_tool.main(["--gt", gt, "--pred", pred, "--out", str(tmp_path / "eval")]) == 0
 
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "nuclei_metrics.json").read_text())
     # 16 of 32 true pixels found among 25 predicted: IoU 16/41, Dice 32/57. One match, one miss,
     # one extra: DSB 1/3 at every threshold, DQ = 1/(1 + 1/2 + 1/2), SQ = 1. AJI = 16/(16+16+9).
     expected = dict(
@@ -66,7 +66,7 @@ def test_writes_metrics_and_per_image_rows(files, capsys):
     assert metrics["score_threshold"] == 0.5 and metrics["max_dets"] == 1000
     assert "higher-scoring" in metrics["overlap_rule"]
 
-    with open(tmp_path / "eval" / "per_image.csv") as f:
+    with open(tmp_path / "eval" / "nuclei_per_image.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert (row["image_id"], row["num_true"], row["num_pred"]) == ("7", "2", "2")
 
@@ -85,7 +85,7 @@ def test_score_threshold_option_sets_the_instance_maps(files, tmp_path):
         )
         == 0
     )
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "nuclei_metrics.json").read_text())
     # Only the exact 16-pixel prediction is left: the "missed nucleus" case, IoU 16/32.
     assert (metrics["num_pred"], metrics["iou"], metrics["score_threshold"]) == (1, 0.5, 0.7)
 

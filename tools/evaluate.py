@@ -5,7 +5,7 @@
         --pred output/inference/coco_instances_results.json --out output/eval
 
 Prints the metrics table (mask AP, IoU, Dice, DSB score, AJI, PQ, counts) and, with --out, writes
-DIR/metrics.json and DIR/per_image.csv.
+DIR/nuclei_metrics.json and DIR/nuclei_per_image.csv, the files training's evaluator writes.
 """
 
 import argparse
@@ -18,6 +18,8 @@ from maskrcnnpp import cli
 from maskrcnnpp.config import add_maskrcnnpp_config
 from maskrcnnpp.preflight import check_writable
 from maskrcnnpp.evaluation import (
+    METRICS_FILE,
+    PER_IMAGE_FILE,
     evaluate_coco_predictions,
     format_summary,
     load_coco_gt,
@@ -41,7 +43,7 @@ def parse_args(argv=None):
         required=True,
         help="COCO results JSON: image_id, category_id, RLE segmentation, score",
     )
-    parser.add_argument("--out", help="folder for metrics.json and per_image.csv")
+    parser.add_argument("--out", help=f"folder for {METRICS_FILE} and {PER_IMAGE_FILE}")
     parser.add_argument(
         "--score-threshold",
         type=float,
@@ -68,13 +70,8 @@ def main(argv):
     )
     print(format_summary(summary))
     if args.out:
-        save_evaluation(
-            summary,
-            rows,
-            os.path.join(args.out, "metrics.json"),
-            os.path.join(args.out, "per_image.csv"),
-        )
-        print(f"Wrote {os.path.join(args.out, 'metrics.json')} and per_image.csv")
+        save_evaluation(summary, rows, args.out)
+        print(f"Wrote {os.path.join(args.out, METRICS_FILE)} and {PER_IMAGE_FILE}")
     return 0
 
 

@@ -13,5 +13,5 @@ from .metrics import (
     panoptic_scores,
     summarize_images,
 )
-from .report import format_summary, save_evaluation
+from .report import METRICS_FILE, PER_IMAGE_FILE, format_summary, save_evaluation
 from .scoring import evaluate_coco_predictions

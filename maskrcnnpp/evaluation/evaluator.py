@@ -1,7 +1,6 @@
 """NucleiEvaluator: the evaluator of training, scoring a model's masks as tools/evaluate.py does."""
 
 import itertools
-import os
 
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
@@ -106,9 +105,4 @@ class NucleiEvaluator(COCOEvaluator):
             self._results[f"nuclei/{kind}"] = metrics
         self._logger.info("\n" + format_summary(summary))
         if self._output_dir:
-            save_evaluation(
-                summary,
-                rows,
-                os.path.join(self._output_dir, "nuclei_metrics.json"),
-                os.path.join(self._output_dir, "nuclei_per_image.csv"),
-            )
+            save_evaluation(summary, rows, self._output_dir)

@@ -1,12 +1,17 @@
 """The nuclei evaluation report: the summary as readable tables, and its JSON and CSV files."""
 
 import math
+import os
 
 from tabulate import tabulate
 
 from ..io_utils import write_csv, write_json
 from .scoring import COCO_AP
 
+# What save_evaluation writes into its folder, for training's evaluator and tools/evaluate.py
+# alike. Not "metrics.json": detectron2 writes its training log under that name in OUTPUT_DIR.
+METRICS_FILE = "nuclei_metrics.json"
+PER_IMAGE_FILE = "nuclei_per_image.csv"
 OVERLAP_RULE = "where predicted masks overlap, each pixel goes to the higher-scoring instance"
 BOX_ONLY = ("the model predicts boxes only, so the mask metrics (mask AP, IoU, Dice, DSB score, "
             "AJI, PQ) do not apply")
@@ -80,11 +85,12 @@ def _without_nan(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def save_evaluation(summary, rows, json_path, csv_path):
-    """Write the summary as JSON (NaN as null, plus the overlap rule, or for a box-only model why
-    the mask metrics are absent) and the rows, if any, as CSV."""
+def save_evaluation(summary, rows, output_dir):
+    """Write the summary into ``output_dir`` as METRICS_FILE (NaN as null, plus the overlap rule,
+    or for a box-only model why the mask metrics are absent) and the rows, if any, as
+    PER_IMAGE_FILE."""
     note = ({"overlap_rule": OVERLAP_RULE} if "mask_AP" in summary
             else {"mask_metrics": f"not applicable: {BOX_ONLY}"})
-    write_json({**_without_nan(summary), **note}, json_path, indent=2)
+    write_json({**_without_nan(summary), **note}, os.path.join(output_dir, METRICS_FILE), indent=2)
     if rows:
-        write_csv(rows, csv_path)
+        write_csv(rows, os.path.join(output_dir, PER_IMAGE_FILE))
