@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAINING, load_tool, run_tool
+from conftest import TINY_TRAINING, run_tool
 from detectron2.modeling import build_model
 from test_dense_fpn import disc_batch, make_cfg, train_losses
 
@@ -13,9 +13,9 @@ from maskrcnnpp.analysis.cost import describe_neck
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.data.coco_io import write_rgb_png
 from maskrcnnpp.data.synthetic import render_scene
+from maskrcnnpp.inference import predict_files
 from maskrcnnpp.modeling import DenseFPN
 
-predict = load_tool("predict")
 
 # (FPN twin, dense config): each pair differs only in the neck.
 MASK_TWINS = [("cascade_maskrcnn_R50_FPN.yaml", "cascade_maskrcnnpp_R50.yaml"),
@@ -88,12 +88,12 @@ def test_predict_draws_the_boxes_of_a_box_only_model(tmp_path, monkeypatch):
     torch.manual_seed(0)
     cfg = make_cfg("retinanetpp_R50.yaml", *KEEP_ALL, "TEST.NUCLEI.SCORE_THRESHOLD", 0.0,
                    "TEST.TILE.SIZE", 128, "TEST.TILE.OVERLAP", 32)
-    monkeypatch.setattr(predict, "category_ids", lambda name: {0: 1})
+    monkeypatch.setattr(predict_files, "category_ids", lambda name: {0: 1})
     images = []
     for index, (height, width) in enumerate([(128, 128), (160, 200)]):
         images.append(str(tmp_path / f"image{index}.png"))
         write_rgb_png(images[-1], render_scene(np.random.default_rng(index), height, width)[0])
-    results, nuclei, skipped, with_masks = predict.predict_images(cfg, images, str(tmp_path))
+    results, nuclei, skipped, with_masks = predict_files.predict_images(cfg, images, str(tmp_path))
     assert with_masks is False and not skipped and nuclei == len(results) > 0
     assert {r["file_name"] for r in results} == {"image0.png", "image1.png"}
     assert all(len(r["bbox"]) == 4 and "segmentation" not in r for r in results)

@@ -5,16 +5,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, load_tool
+from conftest import REPO
 from detectron2.structures import Boxes, Instances
 
 from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.images import read_rgb8
 from maskrcnnpp.data.prepare import prepare_labelmaps
 from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.inference import predict_files
 from maskrcnnpp.inference.predict import read_bgr
 
-predict = load_tool("predict")
 # A dim 16-bit fluorescence image: values 900..4000 of 65535, a nucleus brighter than the rest.
 DEEP = np.full((48, 64), 900, np.uint16)
 DEEP[10:30, 20:40] = 4000
@@ -55,10 +55,10 @@ def test_prediction_and_evaluation_see_what_preparation_wrote(deep_tiff, tmp_pat
             return {"instances": empty}
         return run
 
-    monkeypatch.setattr(predict.TiledPredictor, "from_config", recording_predictor)
-    monkeypatch.setattr(predict, "category_ids", lambda name: {0: 1})
+    monkeypatch.setattr(predict_files.TiledPredictor, "from_config", recording_predictor)
+    monkeypatch.setattr(predict_files, "category_ids", lambda name: {0: 1})
     cfg = build_cfg(os.path.join(REPO, "configs", "quickstart_synthetic.yaml"))
-    predict.predict_images(cfg, [deep_tiff], str(tmp_path / "out"))
+    predict_files.predict_images(cfg, [deep_tiff], str(tmp_path / "out"))
     assert np.array_equal(seen[0], prepared)
     assert np.array_equal(read_bgr({"file_name": deep_tiff})["bgr"], prepared)
 
