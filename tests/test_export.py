@@ -75,6 +75,7 @@ def test_exported_model_gives_pytorchs_detections(trained_dense, method, tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == [exported.path.split("/")[-1]]  # no temp file
 
 
+@pytest.mark.slow  # trains the shared tiny model
 def test_compare_finds_a_moved_box_a_changed_class_and_a_missing_detection(trained_dense):
     with torch.no_grad():
         (reference,) = trained_dense.inference([{"image": images(128)[0]}], do_postprocess=False)

@@ -17,6 +17,7 @@ from detectron2.config import get_cfg
 from ..config import add_maskrcnnpp_config
 from ..config_loader import build_cfg
 from ..errors import UserInputError
+from ..evaluation import METRICS_FILE
 from ..preflight import check_datasets, check_model, check_writable
 
 # Configs must agree on these: "same data and schedule".
@@ -185,9 +186,7 @@ def evaluation_key(cfg, metric):
 def collect_run(run, curve_metric="mask_AP"):
     """What a comparison needs of a trained run: its final nuclei metrics (nuclei_metrics.json),
     median training step time, and the training-loss and validation ``curve_metric`` curves."""
-    metrics_file = os.path.join(
-        run.output_dir, "inference", run.cfg.DATASETS.TEST[0], "nuclei_metrics.json"
-    )
+    metrics_file = os.path.join(run.output_dir, "inference", run.cfg.DATASETS.TEST[0], METRICS_FILE)
     if not os.path.isfile(metrics_file):
         raise RunFailed(
             f"{run.output_dir} finished training but has no {metrics_file}: the Trainer's "
