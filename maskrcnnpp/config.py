@@ -52,6 +52,8 @@ def add_maskrcnnpp_config(cfg):
     cfg.TEST.NUCLEI.SCORE_THRESHOLD = 0.5
     # COCO maxDets for mask AP (masks kept per image); COCO's 100 truncates crowded images.
     cfg.TEST.NUCLEI.MAX_DETS = 1000
+    # IoU thresholds (each in (0, 1)) of StarDist's matching table: precision, recall, F1, accuracy.
+    cfg.TEST.NUCLEI.MATCHING_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
     # Nuclei training augmentations (maskrcnnpp/data/augment.py), after detectron2's own.
     cfg.INPUT.NUCLEI_AUG = CN()

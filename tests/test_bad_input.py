@@ -437,3 +437,18 @@ def test_a_diverging_run_stops_with_one_line_naming_the_iteration(tiny_nuclei, t
     [line] = [line for line in error_lines(err) if line.startswith("error:")]
     assert re.match(r"error: Training diverged at iteration \d+: the loss became infinite or NaN. "
                     r"Lower SOLVER.BASE_LR \(now 1e\+06\)", line), line
+
+
+# --- evaluate: the matching table's IoU thresholds ---------------------------------------------
+
+
+@pytest.mark.parametrize("thresholds, shown", [(["0.5", "1.5"], "1.5"), (["0"], "0.0"),
+                                               (["-0.2", "0.5"], "-0.2"), (["nan"], "nan")])
+def test_evaluate_refuses_matching_thresholds_outside_0_1(thresholds, shown, tmp_path, capsys):
+    argv = [*evaluation_files(tmp_path, [{"image_id": 7}]), "--matching-thresholds", *thresholds]
+    assert cli.run(evaluate.main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        "error: Matching IoU thresholds must lie strictly between 0 and 1, e.g. "
+        f"0.5 0.6 0.7 0.8 0.9; got {shown}."
+    ]
+    assert not (tmp_path / "eval").exists()

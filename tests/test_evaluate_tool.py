@@ -146,3 +146,33 @@ def test_command_line_exits_2_with_the_message(tmp_path):
     )
     assert result.returncode == 2
     assert f"error: The ground-truth file {tmp_path / 'gt.json'} does not exist." in result.stderr
+
+
+def test_writes_and_prints_the_matching_table(files, capsys):
+    gt, predictions, tmp_path = files
+    pred = write_json(tmp_path / "pred.json", predictions)
+    assert evaluate_tool.main(["--gt", gt, "--pred", pred, "--out", str(tmp_path / "eval")]) == 0
+    metrics = json.loads((tmp_path / "eval" / "nuclei_metrics.json").read_text())
+    # One exact match (IoU 1), one missed nucleus, one extra at every threshold: TP 1, FP 1,
+    # FN 1. Precision 1/2, recall 1/2, F1 2/(2 + 1 + 1) = 1/2, accuracy 1/3, mean matched IoU 1.
+    for threshold in ("0.5", "0.6", "0.7", "0.8", "0.9"):
+        table = {name: metrics[f"{name}@{threshold}"] for name in
+                 ("precision", "recall", "f1", "accuracy", "mean_matched_iou", "tp", "fp", "fn")}
+        assert table == pytest.approx(dict(precision=1 / 2, recall=1 / 2, f1=1 / 2, accuracy=1 / 3,
+                                           mean_matched_iou=1, tp=1, fp=1, fn=1))
+    printed = capsys.readouterr().out
+    assert "| IoU t   | precision   | recall   | F1     | accuracy   | mean matched IoU   |" in printed
+    assert "| 0.9     | 0.5000      | 0.5000   | 0.5000 | 0.3333     | 1.0000             | 1" in printed
+
+
+def test_matching_thresholds_option_sets_the_table(files):
+    gt, predictions, tmp_path = files
+    pred = write_json(tmp_path / "pred.json", predictions)
+    out = tmp_path / "eval"
+    argv = ["--gt", gt, "--pred", pred, "--out", str(out), "--matching-thresholds", "0.75", "0.55"]
+    assert evaluate_tool.main(argv) == 0
+    metrics = json.loads((out / "nuclei_metrics.json").read_text())
+    assert [key for key in metrics if key.startswith("f1@")] == ["f1@0.55", "f1@0.75"]
+    with open(out / "nuclei_per_image.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["tp@0.55"], row["tp_iou_sum@0.75"]) == ("1", "1.0") and "tp@0.5" not in row

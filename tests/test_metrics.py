@@ -451,3 +451,207 @@ def test_box_only_predictions_are_refused_by_the_mask_evaluation():
     prediction = {"image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.9}
     with pytest.raises(UserInputError, match="has a box but no mask.*train_net.py --eval-only"):
         evaluate_coco_predictions(coco_gt, [prediction], 0.5, 1000)
+
+
+# --- StarDist's matching table: precision, recall, F1, accuracy, mean matched IoU at IoU t -----
+
+from scipy.optimize import linear_sum_assignment  # noqa: E402
+
+from maskrcnnpp.evaluation.metrics import (  # noqa: E402
+    MATCHING_IOU_THRESHOLDS,
+    check_matching_thresholds,
+    matching_scores,
+    one_to_one_matches,
+)
+
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# Two true nuclei, three predictions: A exactly (IoU 1), 12 of the 20 pixels of B20 (IoU 12/20,
+# exactly 0.6: it matches at t = 0.6 too, since StarDist matches at IoU >= t), and EXTRA, 9 pixels
+# touching no nucleus.
+B20, B20_PART = (0, 4, 6, 11), (0, 4, 6, 9)
+
+
+def matching_of(summary, threshold):
+    names = ("precision", "recall", "f1", "accuracy", "mean_matched_iou", "tp", "fp", "fn")
+    return {name: summary[f"{name}@{threshold}"] for name in names}
+
+
+def test_matching_table_of_one_image_worked_by_hand():
+    values = evaluate_image(labelmap([A, B20]), labelmap([A, B20_PART, EXTRA]))
+    summary = summarize_images([values])
+    # t = 0.5 and 0.6: IoUs 1 and 0.6 match. TP 2, FP 1 (EXTRA), FN 0. Precision 2/3, recall 2/2,
+    # F1 2*2/(2*2 + 1 + 0) = 4/5, accuracy 2/(2 + 1 + 0) = 2/3, mean matched IoU (1 + 0.6)/2.
+    at_most_0_6 = dict(precision=F(2, 3), recall=1, f1=F(4, 5), accuracy=F(2, 3),
+                       mean_matched_iou=F(4, 5), tp=2, fp=1, fn=0)
+    # t = 0.7, 0.8, 0.9: only A matches. TP 1, FP 2, FN 1. Precision 1/3, recall 1/2,
+    # F1 2/(2 + 2 + 1) = 2/5, accuracy 1/(1 + 2 + 1) = 1/4, mean matched IoU 1.
+    above_0_6 = dict(precision=F(1, 3), recall=F(1, 2), f1=F(2, 5), accuracy=F(1, 4),
+                     mean_matched_iou=1, tp=1, fp=2, fn=1)
+    for threshold in THRESHOLDS:
+        expected = at_most_0_6 if threshold <= 0.6 else above_0_6
+        assert matching_of(summary, threshold) == pytest.approx(
+            {key: float(value) for key, value in expected.items()}, abs=1e-12), threshold
+    # The per-image counts behind it; FP and FN follow from num_pred and num_true.
+    assert [values[f"tp@{t}"] for t in THRESHOLDS] == [2, 2, 1, 1, 1]
+    assert values["tp_iou_sum@0.6"] == pytest.approx(1.6)
+    # The DSB score and PQ keep their own rule, IoU above the threshold: 0.6 matches there at
+    # 0.50 and 0.55 only, so DSB = (2 thresholds at 2/3 + 8 at 1/4) / 10; PQ's match count is 2.
+    assert values["dsb_score"] == pytest.approx(float((2 * F(2, 3) + 8 * F(1, 4)) / 10))
+    assert values["tp"] == 2
+
+
+def test_matching_table_sums_counts_over_images_before_dividing():
+    rows = [
+        evaluate_image(labelmap([A, B20]), labelmap([A, B20_PART, EXTRA])),
+        evaluate_image(labelmap([A, B, C]), labelmap([A])),
+    ]
+    summary = summarize_images(rows)
+    # t = 0.5: image 1 TP 2, FP 1, FN 0, IoUs 1 + 0.6; image 2 TP 1, FP 0, FN 2, IoU 1.
+    # Summed: TP 3, FP 1, FN 2. Precision 3/4, recall 3/5, F1 6/(6 + 1 + 2) = 2/3,
+    # accuracy 3/(3 + 1 + 2) = 1/2, mean matched IoU (1 + 0.6 + 1)/3 = 13/15. (The means of the
+    # two images' values would differ: precision (2/3 + 1)/2 = 5/6, recall (1 + 1/3)/2 = 2/3.)
+    expected_0_5 = dict(precision=F(3, 4), recall=F(3, 5), f1=F(2, 3), accuracy=F(1, 2),
+                        mean_matched_iou=F(13, 15), tp=3, fp=1, fn=2)
+    # t = 0.7: image 1 TP 1, FP 2, FN 1; image 2 TP 1, FP 0, FN 2. Summed: TP 2, FP 2, FN 3.
+    # Precision 2/4, recall 2/5, F1 4/(4 + 2 + 3) = 4/9, accuracy 2/(2 + 2 + 3) = 2/7, IoU 1.
+    expected_0_7 = dict(precision=F(1, 2), recall=F(2, 5), f1=F(4, 9), accuracy=F(2, 7),
+                        mean_matched_iou=1, tp=2, fp=2, fn=3)
+    for threshold, expected in ((0.5, expected_0_5), (0.7, expected_0_7)):
+        assert matching_of(summary, threshold) == pytest.approx(
+            {key: float(value) for key, value in expected.items()}, abs=1e-12), threshold
+
+
+def test_matching_below_one_half_is_still_one_to_one():
+    # WHOLE (27 px) is split 18 + 9: IoUs 2/3 and 1/3, both >= 0.3 but one nucleus matches once;
+    # the larger IoU is kept. TP 1, FP 1, FN 0: precision 1/2, recall 1, F1 2/3, accuracy 1/2.
+    values = evaluate_image(labelmap([WHOLE]), labelmap([PART_OF_18, PART_OF_9]), [0.3])
+    summary = summarize_images([values], [0.3])
+    expected = dict(precision=F(1, 2), recall=1, f1=F(2, 3), accuracy=F(1, 2),
+                    mean_matched_iou=F(2, 3), tp=1, fp=1, fn=0)
+    assert matching_of(summary, 0.3) == pytest.approx(
+        {key: float(value) for key, value in expected.items()}, abs=1e-12)
+
+
+def test_matching_two_halves_of_a_nucleus_match_it_once_at_iou_one_half():
+    # Two 4-pixel predictions cover the two halves of an 8-pixel nucleus: IoU 1/2 each, so both
+    # reach t = 0.5, but the nucleus matches one of them: TP 1, FP 1, FN 0, mean IoU 1/2.
+    values = evaluate_image(labelmap([HALF_TRUE]), labelmap([(0, 2, 0, 2), (0, 2, 2, 4)]))
+    summary = summarize_images([values])
+    assert matching_of(summary, 0.5) == pytest.approx(
+        dict(precision=0.5, recall=1, f1=2 / 3, accuracy=0.5, mean_matched_iou=0.5,
+             tp=1, fp=1, fn=0))
+
+
+def test_matching_prefers_more_matches_to_a_larger_iou():
+    # One row of pixels: true T1 = columns 0-19, T2 = 20-21; predicted P1 = 2-21, P2 = 0-1.
+    # IoUs: P1-T1 18/22 = 9/11, P1-T2 2/20 = 1/10, P2-T1 2/20 = 1/10. At t = 1/10, taking the
+    # best pair (P1-T1), or the largest IoU sum, would match once; StarDist's matching (and ours)
+    # pairs P2-T1 and P1-T2 instead: two matches.
+    true_labels = labelmap([(0, 1, 0, 20), (0, 1, 20, 22)], shape=(1, 22))
+    pred_labels = labelmap([(0, 1, 2, 22), (0, 1, 0, 2)], shape=(1, 22))
+    overlaps = instance_overlaps(true_labels, pred_labels)
+    assert one_to_one_matches(overlaps, 0.1, inclusive=True).tolist() == [0.1, 0.1]
+    assert one_to_one_matches(overlaps, 0.1).tolist() == [9 / 11]  # 1/10 is not above 1/10
+    assert one_to_one_matches(overlaps, 0.2, inclusive=True).tolist() == [9 / 11]
+
+
+def stardist_true_positives(true_labels, pred_labels, threshold):
+    """TP as StarDist's ``matching`` counts it: a dense IoU matrix, one assignment."""
+    true_values, pred_values = [np.unique(m)[1:] for m in (true_labels, pred_labels)]
+    iou = np.array([[((true_labels == t) & (pred_labels == p)).sum()
+                     / ((true_labels == t) | (pred_labels == p)).sum()
+                     for p in pred_values] for t in true_values]).reshape(len(true_values), -1)
+    if not min(iou.shape) or not (iou >= threshold).any():
+        return 0
+    rows, cols = linear_sum_assignment(-(iou >= threshold).astype(float) - iou / (2 * min(iou.shape)))
+    return int((iou[rows, cols] >= threshold).sum())
+
+
+def test_matching_counts_agree_with_a_dense_assignment_on_random_maps():
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        true_labels = np.kron(rng.integers(0, 8, size=(6, 6)), np.ones((4, 4), int))
+        pred_labels = np.roll(np.kron(rng.integers(0, 8, size=(6, 6)), np.ones((4, 4), int)),
+                              rng.integers(-2, 3, size=2), axis=(0, 1))
+        thresholds = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+        values = evaluate_image(true_labels, pred_labels, thresholds)
+        for threshold in thresholds:
+            assert values[f"tp@{threshold}"] == stardist_true_positives(
+                true_labels, pred_labels, threshold), threshold
+
+
+def test_matching_scores_are_zero_without_true_positives_as_in_stardist():
+    assert matching_scores(0, 0, 0, 0.0) == dict(
+        precision=0, recall=0, f1=0, accuracy=0, mean_matched_iou=0)
+    assert matching_scores(0, 3, 2, 0.0)["precision"] == 0
+    # An empty image predicted empty: DSB score 1 by its convention, F1 0 by StarDist's.
+    summary = summarize_images([evaluate_image(labelmap([]), labelmap([]))])
+    assert summary["dsb_score"] == 1 and summary["f1@0.5"] == 0 and summary["tp@0.5"] == 0
+
+
+def test_matching_thresholds_are_checked_sorted_and_distinct():
+    assert check_matching_thresholds([0.9, 0.5, 0.5]) == (0.5, 0.9)
+    assert check_matching_thresholds(0.75) == (0.75,)
+    assert check_matching_thresholds([]) == ()
+    for bad in (0, 1, -0.1, 1.5, float("nan"), True, "high"):
+        with pytest.raises(UserInputError) as error:
+            check_matching_thresholds([0.5, bad])
+        assert str(error.value) == (
+            "Matching IoU thresholds must lie strictly between 0 and 1, e.g. 0.5 0.6 0.7 0.8 0.9; "
+            f"got {bad!r}.")
+
+
+def test_matching_thresholds_default_to_the_config_key():
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    assert tuple(cfg.TEST.NUCLEI.MATCHING_THRESHOLDS) == MATCHING_IOU_THRESHOLDS == THRESHOLDS
+
+
+def test_coco_path_reports_the_matching_table_overall_and_per_type():
+    dataset = coco_gt_from_labelmaps([labelmap([A, B20]), labelmap([A, B, C])])
+    for image, kind in zip(dataset["images"], ["fluorescence", "brightfield"]):
+        image["image_type"] = kind
+    predictions = (results_from_labelmap(labelmap([A, B20_PART, EXTRA]), 1, [0.9, 0.8, 0.7])
+                   + results_from_labelmap(labelmap([A]), 2, [0.9]))
+    summary, rows, _ = evaluate_coco_predictions(
+        coco_gt_api(dataset), predictions, 0.5, 1000, matching_thresholds=[0.7, 0.5])
+    # The two images of test_matching_table_sums_counts_over_images_before_dividing.
+    assert (summary["tp@0.5"], summary["fp@0.5"], summary["fn@0.5"]) == (3, 1, 2)
+    assert summary["f1@0.5"] == pytest.approx(2 / 3) and summary["accuracy@0.7"] == pytest.approx(2 / 7)
+    assert "f1@0.6" not in summary and rows[0]["tp@0.5"] == 2
+    # Each type on its own image: fluorescence is image 1 (F1 4/5 at 0.5), brightfield image 2
+    # (TP 1, FP 0, FN 2: F1 2/(2 + 0 + 2) = 1/2).
+    assert summary["by_type"]["fluorescence"]["f1@0.5"] == pytest.approx(4 / 5)
+    assert summary["by_type"]["brightfield"]["f1@0.5"] == pytest.approx(1 / 2)
+    text = format_summary(summary)
+    assert "Matching (StarDist): nuclei match one-to-one at IoU >= t" in text
+    table = text.split("Matching (StarDist)")[1].split("Per image type:")[0]
+    assert [line.split("|")[1].strip() for line in table.splitlines()[1:] if line][2:] == ["0.5", "0.7"]
+    assert "| 0.5     | 0.7500      | 0.6000   | 0.6667 | 0.5000     | 0.8667" in table
+    assert "| f1@0.5" in text.split("Per image type:")[1]
+    with pytest.raises(UserInputError, match="strictly between 0 and 1.*got 1.0"):
+        evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000,
+                                  matching_thresholds=[0.5, 1.0])
+
+
+def test_evaluator_takes_the_thresholds_from_the_config(tmp_path):
+    (tmp_path / "gt.json").write_text(json.dumps(coco_gt_from_labelmaps([labelmap([A])])))
+    dataset_name = f"nuclei_matching_test_{tmp_path.name}"
+    MetadataCatalog.get(dataset_name).set(json_file=str(tmp_path / "gt.json"))
+    cfg = get_cfg()
+    add_maskrcnnpp_config(cfg)
+    cfg.TEST.NUCLEI.MATCHING_THRESHOLDS = (0.75,)
+    evaluator = NucleiEvaluator(cfg, dataset_name)
+    evaluator.reset()
+    instances = Instances(SHAPE, pred_masks=torch.from_numpy(labelmap([A])[None] > 0),
+                          scores=torch.tensor([0.9]), pred_classes=torch.zeros(1, dtype=torch.int64),
+                          pred_boxes=Boxes(torch.tensor([[0.0, 0.0, 4.0, 4.0]])))
+    evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    nuclei = evaluator.evaluate()["nuclei"]
+    assert [key for key in nuclei if "@" in key] == [
+        f"{name}@0.75" for name in
+        ("precision", "recall", "f1", "accuracy", "mean_matched_iou", "tp", "fp", "fn")]
+    assert nuclei["f1@0.75"] == 1
+    cfg.TEST.NUCLEI.MATCHING_THRESHOLDS = (0.5, 1.0)
+    with pytest.raises(UserInputError, match="got 1.0"):
+        NucleiEvaluator(cfg, dataset_name)

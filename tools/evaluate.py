@@ -4,7 +4,8 @@
     python tools/evaluate.py --gt datasets/dsb2018/annotations/val.json \\
         --pred output/inference/coco_instances_results.json --out output/eval
 
-Prints the metrics table (mask AP, IoU, Dice, DSB score, AJI, PQ, counts) and, with --out, writes
+Prints the metrics table (mask AP, IoU, Dice, DSB score, AJI, PQ, counts) and StarDist's matching
+table (precision, recall, F1, accuracy, mean matched IoU at IoU 0.5 ... 0.9) and, with --out, writes
 DIR/nuclei_metrics.json and DIR/nuclei_per_image.csv, the files training's evaluator writes.
 """
 
@@ -56,6 +57,14 @@ def parse_args(argv=None):
         default=defaults.MAX_DETS,
         help="COCO maxDets for mask AP: masks kept per image (default: %(default)s)",
     )
+    parser.add_argument(
+        "--matching-thresholds",
+        type=float,
+        nargs="+",
+        default=defaults.MATCHING_THRESHOLDS,
+        metavar="T",
+        help="IoU thresholds, each in (0, 1), of the matching table (default: %(default)s)",
+    )
     return parser.parse_args(argv)
 
 
@@ -66,7 +75,8 @@ def main(argv):
     coco_gt = load_coco_gt(args.gt)
     predictions = load_coco_results(args.pred)
     summary, rows, _ = evaluate_coco_predictions(
-        coco_gt, predictions, args.score_threshold, args.max_dets
+        coco_gt, predictions, args.score_threshold, args.max_dets,
+        matching_thresholds=args.matching_thresholds,
     )
     print(format_summary(summary))
     if args.out:

@@ -9,6 +9,7 @@ from detectron2.utils import comm
 
 from ..data.datasets import category_ids
 from ..errors import UserInputError
+from .metrics import check_matching_thresholds
 from .report import format_summary, save_evaluation
 from .scoring import COCO_AP_NAMES, evaluate_coco_predictions
 
@@ -21,7 +22,7 @@ class NucleiEvaluator(COCOEvaluator):
     :func:`evaluate_coco_predictions`, the function behind tools/evaluate.py, with one COCOeval
     whose maxDets is ``max_dets`` (COCO's 100 would truncate crowded images): its AP is reported
     both as detectron2's usual "segm" results and in the nuclei summary, beside box AP, foreground
-    IoU/Dice, DSB score, AJI and PQ. Results: ``{"bbox", "segm", "nuclei"}`` and
+    IoU/Dice, DSB score, AJI, PQ and StarDist's matching table (``f1@0.5``, ...). Results: ``{"bbox", "segm", "nuclei"}`` and
     ``"nuclei/<image type>"`` per type; with ``output_dir``, nuclei_metrics.json and
     nuclei_per_image.csv are written there.
 
@@ -32,7 +33,8 @@ class NucleiEvaluator(COCOEvaluator):
 
     @configurable
     def __init__(
-        self, dataset_name, output_dir=None, *, score_threshold, max_dets, distributed=True
+        self, dataset_name, output_dir=None, *, score_threshold, max_dets, matching_thresholds,
+        distributed=True,
     ):
         """
         Args:
@@ -40,6 +42,8 @@ class NucleiEvaluator(COCOEvaluator):
             output_dir (str or None): where to write the results and metrics files.
             score_threshold (float): predictions scoring at least this make the instance maps.
             max_dets (int): COCO maxDets for box and mask AP.
+            matching_thresholds (sequence of float): IoU thresholds, each in (0, 1), of the
+                matching table.
             distributed (bool): gather the predictions of all processes before evaluating.
         """
         if MetadataCatalog.get(dataset_name).get("json_file") is None:
@@ -56,6 +60,7 @@ class NucleiEvaluator(COCOEvaluator):
             }
         self._score_threshold = score_threshold
         self._max_dets = max_dets
+        self._matching_thresholds = check_matching_thresholds(matching_thresholds)
 
     @classmethod
     def from_config(cls, cfg, dataset_name, output_dir=None):
@@ -64,6 +69,7 @@ class NucleiEvaluator(COCOEvaluator):
             "output_dir": output_dir,
             "score_threshold": cfg.TEST.NUCLEI.SCORE_THRESHOLD,
             "max_dets": cfg.TEST.NUCLEI.MAX_DETS,
+            "matching_thresholds": cfg.TEST.NUCLEI.MATCHING_THRESHOLDS,
         }
 
     def reset(self):
@@ -94,6 +100,7 @@ class NucleiEvaluator(COCOEvaluator):
                 self._score_threshold,
                 self._max_dets,
                 img_ids,
+                self._matching_thresholds,
             )
             self._results["segm"] = self._derive_coco_results(
                 evaluation.coco_eval, "segm", class_names=self._metadata.get("thing_classes")

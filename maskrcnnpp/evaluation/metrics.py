@@ -1,16 +1,21 @@
 """Nuclei instance-segmentation metrics on instance label maps (HxW ints, 0 = background).
 
-Every matching metric (DSB score, AJI, PQ) reads the same sparse contingency table between the
-true and the predicted instances of an image, counted in one vectorised pass over the pixels, so
-an image with hundreds of nuclei costs milliseconds rather than a loop over instance pairs.
+Every matching metric (DSB score, AJI, PQ, StarDist's matching table) reads the same sparse
+contingency table between the true and the predicted instances of an image, counted in one
+vectorised pass over the pixels, so an image with hundreds of nuclei costs milliseconds rather
+than a loop over instance pairs; DSB score, PQ and the matching table share one one-to-one
+matching, :func:`one_to_one_matches`.
 
 Convention: a ratio whose denominator is zero (nothing to find and nothing found) scores 1, as
-the DSB2018 score does for an image with neither true nor predicted nuclei.
+the DSB2018 score does for an image with neither true nor predicted nuclei; the matching table
+follows StarDist instead (see :func:`matching_scores`).
 """
 
 import dataclasses
+import math
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from ..errors import UserInputError
 
@@ -18,6 +23,10 @@ from ..errors import UserInputError
 DSB_IOU_THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 # Panoptic quality matches a true and a predicted instance when their IoU exceeds this.
 PQ_IOU_THRESHOLD = 0.5
+# StarDist's matching table: precision, recall, F1, accuracy and mean matched IoU at these IoUs.
+MATCHING_IOU_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+# The matching table's values at each threshold t, stored under "<name>@<t>" (e.g. "f1@0.5").
+MATCHING_SCORES = ("precision", "recall", "f1", "accuracy", "mean_matched_iou")
 
 
 def instances_to_labelmap(masks, image_shape, scores=None, score_threshold=0.0):
@@ -121,15 +130,40 @@ def foreground_scores(fg_intersection, fg_true, fg_pred):
     return _ratio(fg_intersection, union), _ratio(2 * fg_intersection, fg_true + fg_pred)
 
 
+def one_to_one_matches(overlaps, threshold, inclusive=False):
+    """IoUs of the pairs that match one-to-one at ``threshold``: the most pairs whose IoU exceeds
+    it (or equals it too, with ``inclusive``), each instance in one pair at most.
+
+    Instances within a label map are disjoint, so above IoU 0.5 each instance takes part in at
+    most one such pair (two disjoint predictions cannot both cover more than half of one nucleus)
+    and the pairs are the matching. Otherwise (a threshold below 0.5, or IoU >= 0.5 where two
+    predictions may each cover exactly half a nucleus) the pairs that share an instance are
+    resolved by an assignment (scipy's linear_sum_assignment) that keeps as many pairs as possible
+    and, among as many, the largest IoU sum, as StarDist's ``matching`` does (its tie-break also
+    weighs pairs below the threshold, which may change which pairs match, never how many).
+    """
+    candidate = overlaps.iou >= threshold if inclusive else overlaps.iou > threshold
+    true_index, pred_index = overlaps.true_index[candidate], overlaps.pred_index[candidate]
+    iou = overlaps.iou[candidate]
+    true_rows, true_index = np.unique(true_index, return_inverse=True)
+    pred_cols, pred_index = np.unique(pred_index, return_inverse=True)
+    if len(true_rows) == len(pred_cols) == len(iou):  # no instance in two pairs
+        return iou
+    # A pair is worth 1 plus a tie-break below 1/2 in all: no IoU sum outweighs one more match.
+    ious = np.zeros((len(true_rows), len(pred_cols)))
+    ious[true_index, pred_index] = iou
+    gain = np.where(ious > 0, 1 + ious / (2 * min(ious.shape)), 0)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    return ious[rows, cols][gain[rows, cols] > 0]
+
+
 def dsb_score(overlaps, thresholds=DSB_IOU_THRESHOLDS):
     """DSB2018 score of one image: the mean over ``thresholds`` of TP / (TP + FP + FN).
 
-    A pair matches when its IoU exceeds the threshold. Instances within a label map are
-    disjoint, so above IoU 0.5 each instance matches at most one other (two disjoint predictions
-    cannot both cover more than half of one nucleus): counting the pairs is the one-to-one matching.
+    A pair matches when its IoU exceeds the threshold, one-to-one (:func:`one_to_one_matches`).
     """
     num_instances = len(overlaps.true_areas) + len(overlaps.pred_areas)
-    true_positives = (overlaps.iou[None, :] > np.asarray(thresholds)[:, None]).sum(axis=1)
+    true_positives = [len(one_to_one_matches(overlaps, t)) for t in thresholds]
     return float(np.mean([_ratio(tp, num_instances - tp) for tp in true_positives]))
 
 
@@ -166,11 +200,8 @@ def panoptic_scores(tp, fp, fn, tp_iou_sum):
 
 
 def panoptic_counts(overlaps, iou_threshold=PQ_IOU_THRESHOLD):
-    """TP, FP, FN and the TPs' summed IoU; pairs match when IoU > ``iou_threshold``.
-
-    With a threshold of at least 0.5 the matches are one-to-one (see :func:`dsb_score`).
-    """
-    matched = overlaps.iou[overlaps.iou > iou_threshold]
+    """TP, FP, FN and the TPs' summed IoU; pairs match one-to-one when IoU > ``iou_threshold``."""
+    matched = one_to_one_matches(overlaps, iou_threshold)
     tp = len(matched)
     return {
         "tp": tp,
@@ -180,8 +211,81 @@ def panoptic_counts(overlaps, iou_threshold=PQ_IOU_THRESHOLD):
     }
 
 
-def evaluate_image(true_labels, pred_labels):
-    """Every per-image value, as a flat dict: counts, scores, and the sums the dataset pools."""
+def matching_key(name, threshold):
+    """The key of a matching-table value at IoU ``threshold``: ``matching_key("f1", 0.5)`` is
+    ``"f1@0.5"``."""
+    return f"{name}@{float(threshold)!r}"
+
+
+def check_matching_thresholds(thresholds):
+    """The matching table's IoU thresholds (one number or several) as sorted, distinct floats;
+    each must lie strictly between 0 and 1. None at all means no matching table."""
+    if isinstance(thresholds, (str, bytes)) or not hasattr(thresholds, "__iter__"):
+        thresholds = (thresholds,)
+    values = []
+    for threshold in thresholds:
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            value = math.nan
+        if isinstance(threshold, bool) or not 0 < value < 1:
+            raise UserInputError(
+                f"Matching IoU thresholds must lie strictly between 0 and 1, e.g. "
+                f"{' '.join(map(str, MATCHING_IOU_THRESHOLDS))}; got {threshold!r}."
+            )
+        values.append(value)
+    return tuple(sorted(set(values)))
+
+
+def matching_counts(overlaps, thresholds=MATCHING_IOU_THRESHOLDS):
+    """Per threshold t, ``tp@t`` and ``tp_iou_sum@t`` of one image, the pairs matching one-to-one
+    when IoU >= t (StarDist's ``matching``: IoU at least the threshold, where the DSB score and
+    PQ need it above); FP and FN follow from the instance counts."""
+    counts = {}
+    for threshold in thresholds:
+        matched = one_to_one_matches(overlaps, threshold, inclusive=True)
+        counts[matching_key("tp", threshold)] = len(matched)
+        counts[matching_key("tp_iou_sum", threshold)] = float(matched.sum())
+    return counts
+
+
+def matching_scores(tp, fp, fn, tp_iou_sum):
+    """StarDist's matching metrics from counts: precision TP/(TP+FP), recall TP/(TP+FN),
+    F1 2TP/(2TP+FP+FN), accuracy TP/(TP+FP+FN) and mean_matched_iou, the mean IoU of the TPs
+    (StarDist's mean_matched_score). As in StarDist, each is 0 when TP is 0, also when there was
+    nothing to find and nothing found (where the DSB score's convention gives 1)."""
+    if not tp:
+        return dict.fromkeys(MATCHING_SCORES, 0.0)
+    return {
+        "precision": tp / (tp + fp),
+        "recall": tp / (tp + fn),
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "accuracy": tp / (tp + fp + fn),
+        "mean_matched_iou": tp_iou_sum / tp,
+    }
+
+
+def summarize_matching(rows, thresholds=MATCHING_IOU_THRESHOLDS):
+    """The dataset's matching table from :func:`evaluate_image` rows, as StarDist's
+    ``matching_dataset(..., by_image=False)`` computes it: TP, FP, FN and the TPs' IoUs are summed
+    over the images, then divided. Keys ``<score>@<t>`` and ``tp@t``, ``fp@t``, ``fn@t``."""
+    num_true = sum(row["num_true"] for row in rows)
+    num_pred = sum(row["num_pred"] for row in rows)
+    table = {}
+    for threshold in thresholds:
+        tp = sum(row[matching_key("tp", threshold)] for row in rows)
+        counts = {"tp": tp, "fp": num_pred - tp, "fn": num_true - tp}
+        scores = matching_scores(
+            **counts, tp_iou_sum=sum(row[matching_key("tp_iou_sum", threshold)] for row in rows)
+        )
+        for name, value in {**scores, **counts}.items():
+            table[matching_key(name, threshold)] = value
+    return table
+
+
+def evaluate_image(true_labels, pred_labels, matching_thresholds=MATCHING_IOU_THRESHOLDS):
+    """Every per-image value, as a flat dict: counts, scores, and the sums the dataset pools
+    (with the matching table's counts at ``matching_thresholds``)."""
     overlaps = instance_overlaps(true_labels, pred_labels)
     foreground = {
         "fg_intersection": int(overlaps.intersection.sum()),
@@ -203,15 +307,18 @@ def evaluate_image(true_labels, pred_labels):
         "dq": dq,
         **matches,
         **foreground,
+        **matching_counts(overlaps, matching_thresholds),
     }
 
 
-def summarize_images(rows):
-    """Dataset values from :func:`evaluate_image` rows.
+def summarize_images(rows, matching_thresholds=MATCHING_IOU_THRESHOLDS):
+    """Dataset values from :func:`evaluate_image` rows (made with the same
+    ``matching_thresholds``).
 
     ``iou``/``dice`` pool the pixels of all images (micro average), ``*_macro`` average the
     per-image values; ``dsb_score`` and ``aji`` are means over images as their references
-    define them; ``pq``/``sq``/``dq`` pool the matches over the dataset (Kirillov et al.).
+    define them; ``pq``/``sq``/``dq`` pool the matches over the dataset (Kirillov et al.), as
+    does the matching table (:func:`summarize_matching`).
     """
     if not rows:
         raise UserInputError("There are no images to evaluate.")
@@ -240,4 +347,5 @@ def summarize_images(rows):
         "num_pred": total("num_pred"),
         "true_per_image": mean("num_true"),
         "pred_per_image": mean("num_pred"),
+        **summarize_matching(rows, matching_thresholds),
     }

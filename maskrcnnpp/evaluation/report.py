@@ -42,14 +42,46 @@ SUMMARY_TABLE = _ap_rows("mask") + _ap_rows("box") + (
 )
 
 
-# The per-type table: the metrics a reader compares across image types.
+# The per-type table: the metrics a reader compares across image types (and F1 at each
+# threshold of the matching table).
 TYPE_TABLE_KEYS = ("mask_AP", "mask_AP50", "iou", "dice", "dsb_score", "aji", "pq", "num_images",
                    "num_true", "num_pred")
+
+# The matching table, one row per IoU threshold: (name in the keys, column title, format).
+# The names are metrics.MATCHING_SCORES and the counts.
+MATCHING_TABLE = (
+    ("precision", "precision", ".4f"),
+    ("recall", "recall", ".4f"),
+    ("f1", "F1", ".4f"),
+    ("accuracy", "accuracy", ".4f"),
+    ("mean_matched_iou", "mean matched IoU", ".4f"),
+    ("tp", "TP", "d"),
+    ("fp", "FP", "d"),
+    ("fn", "FN", "d"),
+)
+
+
+def matching_thresholds(summary):
+    """The IoU thresholds of the summary's matching table, as they are written in its keys."""
+    return [key.split("@", 1)[1] for key in summary if key.startswith("f1@")]
+
+
+def _matching_table(summary):
+    """StarDist's matching table of the summary, thresholds as rows; empty without one."""
+    rows = [[threshold] + [format(summary[f"{name}@{threshold}"], value_format)
+                           for name, _, value_format in MATCHING_TABLE]
+            for threshold in matching_thresholds(summary)]
+    if not rows:
+        return ""
+    return ("\n\nMatching (StarDist): nuclei match one-to-one at IoU >= t; TP, FP and FN are summed "
+            "over images, then divided.\n"
+            + tabulate(rows, headers=["IoU t", *(title for _, title, _ in MATCHING_TABLE)],
+                       tablefmt="pipe", disable_numparse=True))
 
 
 def format_summary(summary):
     """The summary as readable tables, headed by the settings that shape the numbers: every
-    metric with its meaning, then the main ones per image type."""
+    metric with its meaning, StarDist's matching table, then the main ones per image type."""
     table = [
         (key, format(summary[key], value_format), meaning)
         for key, value_format, meaning in SUMMARY_TABLE
@@ -66,12 +98,14 @@ def format_summary(summary):
         + tabulate(
             table, headers=("metric", "value", "meaning"), tablefmt="pipe", disable_numparse=True
         )
+        + _matching_table(summary)
     )
     by_type = summary.get("by_type")
     if by_type:
         formats = {key: value_format for key, value_format, _ in SUMMARY_TABLE}
-        rows = [[key] + [format(by_type[kind][key], formats[key]) for kind in by_type]
-                for key in TYPE_TABLE_KEYS]
+        keys = TYPE_TABLE_KEYS + tuple(f"f1@{t}" for t in matching_thresholds(summary))
+        rows = [[key] + [format(by_type[kind][key], formats.get(key, ".4f")) for kind in by_type]
+                for key in keys]
         text += "\n\nPer image type:\n" + tabulate(
             rows, headers=["metric", *by_type], tablefmt="pipe", disable_numparse=True
         )

@@ -21,7 +21,13 @@ from .coco_files import (
     load_predictions,
     pair_with_ground_truth,
 )
-from .metrics import evaluate_image, instances_to_labelmap, summarize_images
+from .metrics import (
+    MATCHING_IOU_THRESHOLDS,
+    check_matching_thresholds,
+    evaluate_image,
+    instances_to_labelmap,
+    summarize_images,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +90,13 @@ def _instance_maps(coco_gt, image, predictions, score_threshold):
 class NucleiEvaluation(NamedTuple):
     """What :func:`evaluate_coco_predictions` measured."""
 
-    summary: dict  # SUMMARY_TABLE keys, score_threshold, max_dets; by_type where types are known
+    summary: dict  # SUMMARY_TABLE and matching keys, score_threshold, max_dets; by_type if typed
     rows: list  # one dict per image: ids, file name, size, type and evaluate_image's values
     coco_eval: object  # the COCOeval of the masks on all images, for detectron2's "segm" results
 
 
-def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, image_ids=None):
+def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, image_ids=None,
+                              matching_thresholds=MATCHING_IOU_THRESHOLDS):
     """Every nuclei metric of COCO ``predictions`` against ``coco_gt``, overall and per image type.
 
     Args:
@@ -100,6 +107,8 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
         max_dets (int): COCO maxDets for mask AP (at least COCO's 100).
         image_ids (list or None): the images to evaluate; all images of ``coco_gt`` by default.
             An image without predictions counts as predicting nothing.
+        matching_thresholds (sequence of float): the IoU thresholds, each in (0, 1), of
+            StarDist's matching table (``f1@0.5``, ...; see :func:`.metrics.summarize_matching`).
 
     Returns:
         NucleiEvaluation. ``summary["by_type"]`` maps each image type present (in
@@ -112,6 +121,7 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
         raise UserInputError(
             f"maxDets must be an integer of at least 100 (COCO's default), got {max_dets!r}."
         )
+    matching_thresholds = check_matching_thresholds(matching_thresholds)
     predictions = check_coco_predictions(coco_gt, pair_with_ground_truth(coco_gt, predictions))
     image_ids = sorted(coco_gt.getImgIds() if image_ids is None else set(image_ids))
     if not image_ids:
@@ -134,14 +144,14 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
                 "image_type": image.get("image_type", UNKNOWN),
                 "height": image["height"],
                 "width": image["width"],
-                **evaluate_image(true_labels, pred_labels),
+                **evaluate_image(true_labels, pred_labels, matching_thresholds),
             }
         )
     coco_dt = load_predictions(coco_gt, predictions)
     coco_eval = coco_segm_eval(coco_gt, coco_dt, max_dets, image_ids)
     summary = {
         **mask_ap(coco_eval),
-        **summarize_images(rows),
+        **summarize_images(rows, matching_thresholds),
         "score_threshold": float(score_threshold),
         "max_dets": max_dets,
     }
@@ -153,6 +163,6 @@ def evaluate_coco_predictions(coco_gt, predictions, score_threshold, max_dets, i
             ids = [row["image_id"] for row in of_kind]
             summary["by_type"][kind] = {
                 **mask_ap(coco_segm_eval(coco_gt, coco_dt, max_dets, ids)),
-                **summarize_images(of_kind),
+                **summarize_images(of_kind, matching_thresholds),
             }
     return NucleiEvaluation(summary, rows, coco_eval)
