@@ -4,6 +4,7 @@ The matrix runs every tool's ``main`` as its command line does (through ``cli.ru
 mistake each, and asserts: exit code 2, one ``error:`` line on stderr that names the problem, no
 traceback, and no output written. A few cases run the real command in a subprocess as well.
 """
+import datetime
 import json
 import os
 import re
@@ -84,14 +85,15 @@ def coco_set(folder, name, images=1, annotated=True, size=(64, 64), image_mode="
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    """Checkpoints: FPN quickstart weights (.pth), the same file cut in half, and a pickle."""
+    """Checkpoints: FPN quickstart weights (.pth), the same file cut in half, and a pickle of
+    more than weights."""
     folder = tmp_path_factory.mktemp("weights")
     cfg = build_cfg(QUICKSTART, ["MODEL.DEVICE", "cpu"])
     torch.save({"model": build_model(cfg).state_dict()}, folder / "fpn.pth")
     data = (folder / "fpn.pth").read_bytes()
     (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
-    with open(folder / "model.pkl", "wb") as f:
-        pickle.dump({"model": {}}, f)
+    with open(folder / "model.pkl", "wb") as f:  # a pickle of more than weights
+        pickle.dump({"model": {}, "__author__": "x", "saved": datetime.date(2024, 1, 1)}, f)
     return folder
 
 
@@ -183,7 +185,7 @@ TRAIN_CASES = {
     "weights file missing": (lambda t, w: train(t, "MODEL.WEIGHTS", t / "none.pth"), "does not exist"),
     "truncated checkpoint": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "truncated.pth"),
                              "truncated, corrupt or not a checkpoint"),
-    "pickled weights": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "model.pkl"), "is a Python pickle"),
+    "pickled weights": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "model.pkl"), "is a pickle that holds datetime.date"),
     "weights of another architecture": (lambda t, w: train(t, "MODEL.WEIGHTS", w / "fpn.pth", config=DENSE),
                                         "The weights do not fit this model"),
     "output folder under a file": (lambda t, w: [(t / "file").write_text("x"), train(t, output=t / "file" / "run")][-1],
@@ -242,7 +244,7 @@ PREDICT_CASES = {
                                         "The weights do not fit this model"),
     "pickled weights": (lambda t, w: ["--weights", w / "model.pkl", "--input",
                                       with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8)))],
-                        "is a Python pickle"),
+                        "is a pickle that holds datetime.date"),
     "output under a file": (lambda t, w: [(t / "file").write_text("x"), "--weights", w / "fpn.pth", "--input",
                                           with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))),
                                           "--output", t / "file" / "out"][1:], "is a file, not a folder"),
