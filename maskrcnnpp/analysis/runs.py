@@ -174,12 +174,13 @@ def read_metrics_log(path):
     return dict(sorted(by_iteration.items()))
 
 
-def evaluation_key(cfg, metric):
-    """The metrics.json key of a NucleiEvaluator metric of the first test dataset.
+def evaluation_key(test_datasets, metric):
+    """The metrics.json key of a NucleiEvaluator metric of the first of a run's ``test_datasets``
+    (its DATASETS.TEST).
 
     DefaultTrainer.test drops the dataset level of the results when there is one test dataset.
     """
-    prefix = "" if len(cfg.DATASETS.TEST) == 1 else f"{cfg.DATASETS.TEST[0]}/"
+    prefix = "" if len(test_datasets) == 1 else f"{test_datasets[0]}/"
     return f"{prefix}nuclei/{metric}"
 
 
@@ -196,7 +197,7 @@ def collect_run(run, curve_metric="mask_AP"):
         final = json.load(f)
     log = read_metrics_log(run.path("metrics.json"))
     step_times = [entry["time"] for entry in log.values() if "time" in entry]
-    curve_key = evaluation_key(run.cfg, curve_metric)
+    curve_key = evaluation_key(run.cfg.DATASETS.TEST, curve_metric)
     return {
         "config": run.name,
         "seed": run.seed,
