@@ -13,6 +13,7 @@ from .data.augment import build_nuclei_augmentations
 from .data.images import read_header
 from .device import check_amp, check_device
 from .errors import UserInputError, did_you_mean
+from .evaluation.metrics import check_matching_thresholds, check_score_threshold
 from .inference.tiling import TiledPredictor
 from .lazy import build_lazy_model, instantiate_or_explain, is_lazy_config, load_lazy_config
 
@@ -163,5 +164,7 @@ def check_train_net_args(args):
     check_model(cfg, weights_to_load(cfg, args.resume))
     if not args.eval_only:
         build_nuclei_augmentations(cfg, is_train=True)  # checks INPUT.NUCLEI_AUG
+    check_score_threshold(cfg.TEST.NUCLEI.SCORE_THRESHOLD, "TEST.NUCLEI.SCORE_THRESHOLD")
+    check_matching_thresholds(cfg.TEST.NUCLEI.MATCHING_THRESHOLDS)
     train = () if args.eval_only else cfg.DATASETS.TRAIN
     check_datasets(cfg, [*train, *cfg.DATASETS.TEST], train_names=train)

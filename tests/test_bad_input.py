@@ -454,3 +454,29 @@ def test_evaluate_refuses_matching_thresholds_outside_0_1(thresholds, shown, tmp
         f"0.5 0.6 0.7 0.8 0.9; got {shown}."
     ]
     assert not (tmp_path / "eval").exists()
+
+
+# --- score thresholds that no score can reach ----------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", ["2", "-0.1"])
+def test_evaluate_refuses_a_score_threshold_outside_0_1(threshold, tmp_path, capsys):
+    argv = [*evaluation_files(tmp_path, [{"image_id": 7}]), "--score-threshold", threshold]
+    assert cli.run(evaluate.main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: --score-threshold {float(threshold)!r}: prediction scores lie between 0 and 1, "
+        "so the threshold must too (e.g. 0.5)."
+    ]
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["TEST.NUCLEI.SCORE_THRESHOLD", "2.0"], "TEST.NUCLEI.SCORE_THRESHOLD 2.0: prediction scores "
+     "lie between 0 and 1"),
+    (["TEST.NUCLEI.MATCHING_THRESHOLDS", "(0.5, 1.0)"], "Matching IoU thresholds must lie strictly "
+     "between 0 and 1"),
+])
+def test_training_refuses_evaluation_thresholds_before_it_starts(opts, message, tiny_nuclei,
+                                                                 tmp_path, capsys):
+    assert_one_clear_error(train_net.main, train(tmp_path, *tiny_nuclei["opts"], *opts), message,
+                           capsys, untouched=[tmp_path / "out"])

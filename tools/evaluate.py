@@ -17,7 +17,6 @@ from detectron2.config import get_cfg
 
 from maskrcnnpp import cli
 from maskrcnnpp.config import add_maskrcnnpp_config
-from maskrcnnpp.preflight import check_writable
 from maskrcnnpp.evaluation import (
     METRICS_FILE,
     PER_IMAGE_FILE,
@@ -27,6 +26,8 @@ from maskrcnnpp.evaluation import (
     load_coco_results,
     save_evaluation,
 )
+from maskrcnnpp.evaluation.metrics import check_matching_thresholds, check_score_threshold
+from maskrcnnpp.preflight import check_writable
 
 
 def parse_args(argv=None):
@@ -70,6 +71,8 @@ def parse_args(argv=None):
 
 def main(argv):
     args = parse_args(argv)
+    check_score_threshold(args.score_threshold, "--score-threshold")
+    check_matching_thresholds(args.matching_thresholds)
     if args.out:
         check_writable(args.out, "--out")
     coco_gt = load_coco_gt(args.gt)

@@ -9,7 +9,7 @@ from detectron2.utils import comm
 
 from ..data.datasets import category_ids
 from ..errors import UserInputError
-from .metrics import check_matching_thresholds
+from .metrics import check_matching_thresholds, check_score_threshold
 from .report import format_summary, save_evaluation
 from .scoring import COCO_AP_NAMES, evaluate_coco_predictions
 
@@ -58,7 +58,7 @@ class NucleiEvaluator(COCOEvaluator):
             self._metadata.thing_dataset_id_to_contiguous_id = {
                 category_id: index for index, category_id in enumerate(category_ids(dataset_name))
             }
-        self._score_threshold = score_threshold
+        self._score_threshold = check_score_threshold(score_threshold, "TEST.NUCLEI.SCORE_THRESHOLD")
         self._max_dets = max_dets
         self._matching_thresholds = check_matching_thresholds(matching_thresholds)
 

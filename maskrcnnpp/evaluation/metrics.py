@@ -217,6 +217,16 @@ def matching_key(name, threshold):
     return f"{name}@{float(threshold)!r}"
 
 
+def check_score_threshold(threshold, name):
+    """``threshold`` (set by ``name``) as a float, if scores can reach it: they lie in [0, 1]."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise UserInputError(
+            f"{name} {threshold!r}: prediction scores lie between 0 and 1, so the threshold must "
+            "too (e.g. 0.5)."
+        )
+    return float(threshold)
+
+
 def check_matching_thresholds(thresholds):
     """The matching table's IoU thresholds (one number or several) as sorted, distinct floats;
     each must lie strictly between 0 and 1. None at all means no matching table."""
