@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -135,6 +136,46 @@ def test_runs_made_with_other_overrides_are_not_reused(compared, setup):
     with pytest.raises(UserInputError, match="SOLVER.BASE_LR was 0.02, now 0.01.*another --output"):
         plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SOLVER.BASE_LR", "0.01"],
                   setup["output"])
+
+
+@pytest.mark.slow
+def test_committed_results_without_checkpoints_rebuild_the_report_and_new_seeds_add_to_it(
+        compared, setup, tmp_path, capsys):
+    """A comparison folder as it is committed (each run's results and config, no checkpoints):
+    the report is rebuilt without training, keeping the earlier benchmark; another seed trains
+    only its own runs, whose models the benchmark then measures."""
+    committed = tmp_path / "committed"
+    shutil.copytree(setup["output"], committed,
+                    ignore=shutil.ignore_patterns("*.pth", "last_checkpoint", "inference"))
+    earlier = json.loads((committed / "compare.json").read_text())
+    report = compare(setup["configs"], committed, SEEDS, setup["opts"], image_size=128,
+                     repeats=1)
+    assert capsys.readouterr().out.count("finished earlier, reused") == 4
+    assert not list(committed.rglob("*.pth"))  # nothing trained
+    assert report["results"][1]["per_seed"] == compared[1]["results"][1]["per_seed"]
+    assert report["benchmark"]["reused_from"] == "the earlier compare.json of this folder"
+    assert ([row["ms_per_image"] for row in report["results"]]
+            == [row["ms_per_image"] for row in earlier["results"]])
+    assert "The benchmark is kept from the earlier compare.json" in (committed / "compare.md").read_text()
+
+    report = compare(setup["configs"], committed, [*SEEDS, 2], setup["opts"], image_size=128,
+                     repeats=1)
+    assert capsys.readouterr().out.count("finished earlier, reused") == 4
+    assert sorted(p.parent.name for p in committed.rglob("model_final.pth")) == ["seed2", "seed2"]
+    assert report["seeds"] == [0, 1, 2] and report["benchmark"]["reused_from"] is None
+    assert report["results"][1]["per_seed"]["mask_AP"][:2] == compared[1]["results"][1]["per_seed"]["mask_AP"]
+
+
+def test_finished_runs_without_checkpoints_or_an_earlier_benchmark_are_refused_first(setup, tmp_path):
+    runs = plan_runs(setup["configs"], [0], setup["opts"], tmp_path)
+    for run in runs:  # finished runs whose checkpoints were not kept
+        os.makedirs(run.output_dir)
+        with open(run.path("run_result.json"), "w") as f:
+            json.dump({"config": run.name, "seed": 0}, f)
+    with pytest.raises(UserInputError, match=r"The runs of quickstart_synthetic, "
+                       r"quickstart_synthetic_dense are finished but none keeps its "
+                       r"model_final.pth .*Add a seed \(--seeds \.\.\. N\)"):
+        compare(setup["configs"], tmp_path, [0], setup["opts"])
 
 
 def test_the_comparison_sets_seeds_itself(setup, tmp_path):

@@ -35,6 +35,7 @@ from maskrcnnpp.analysis.runs import (
     read_metrics_log,
 )
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
+from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
@@ -42,6 +43,7 @@ POLL_SECONDS = 2.0
 # Side of the benchmark's image for configs tested at native size (INPUT.MIN_SIZE_TEST 0): a
 # mid-sized DSB2018 image.
 NATIVE_BENCHMARK_SIZE = 512
+FINAL_WEIGHTS = "model_final.pth"
 
 
 def train(run, position, total, num_gpus):
@@ -112,8 +114,58 @@ def _trained_cfg(run):
     """The run's config with its final weights, as a user would deploy it."""
     cfg = run.cfg.clone()
     cfg.defrost()
-    cfg.MODEL.WEIGHTS = run.path("model_final.pth")
+    cfg.MODEL.WEIGHTS = run.path(FINAL_WEIGHTS)
     return cfg
+
+
+def _benchmarked_runs(runs):
+    """Per config, the run whose trained model the benchmark measures: its first seed that has
+    (or, being trained now, will have) final weights; None for a config whose runs are all
+    finished without them (committed results whose checkpoints are gone)."""
+    chosen = {}
+    for run in runs:
+        if not run.finished or os.path.isfile(run.path(FINAL_WEIGHTS)):
+            chosen.setdefault(run.name, run)
+    return {name: chosen.get(name) for name in dict.fromkeys(run.name for run in runs)}
+
+
+def _earlier_benchmark(output_dir, names):
+    """The benchmark of the comparison folder's earlier report, if it measured every config of
+    ``names``, in the form :func:`benchmark` returns; else None."""
+    path = os.path.join(output_dir, "compare.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        earlier = json.load(f)
+    rows = {row["config"]: row for row in earlier["results"]}
+    if not set(names) <= set(rows):
+        return None
+    keys = ("model_params", "model_flops", "ms_per_image", "latency_ms", "peak_memory_mb",
+            "detections_per_image")
+    return {**{key: earlier["benchmark"][key] for key in ("settings", "machine", "memory_method")},
+            "reused_from": "the earlier compare.json of this folder",
+            "results": [{"config": name, **{key: rows[name][key] for key in keys}}
+                        for name in names]}
+
+
+def plan_benchmark(runs, output_dir):
+    """Where the speed comparison will come from, decided before anything trains: a measurement
+    of every config's trained model, or, where some config keeps no trained model, the earlier
+    report's benchmark of the same configs (its measurements stay comparable to each other)."""
+    chosen = _benchmarked_runs(runs)
+    gone = [name for name, run in chosen.items() if run is None]
+    if not gone:
+        return chosen, None
+    earlier = _earlier_benchmark(output_dir, list(chosen))
+    if earlier is None:
+        raise UserInputError(
+            f"The runs of {', '.join(gone)} are finished but none keeps its {FINAL_WEIGHTS} (results "
+            f"committed without checkpoints), and {os.path.join(output_dir, 'compare.json')} holds "
+            "no benchmark of every config: the speed comparison needs one trained model per "
+            "config. Add a seed (--seeds ... N) to train one, or put a trained model back into "
+            "one of its run folders."
+        )
+    return chosen, earlier
 
 
 def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_size=None,
@@ -135,17 +187,22 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_
         dict: the report written to compare.json.
     """
     runs = plan_runs(config_files, list(seeds), list(opts), output_dir)
+    benchmarked, measured = plan_benchmark(runs, output_dir)
     run_results = run_all(runs, num_gpus)
-    named_cfgs = [(run.name, _trained_cfg(run)) for run in runs if run.seed == runs[0].seed]
-    settings = BenchmarkSettings(
-        device="cuda" if runs[0].cfg.MODEL.DEVICE.startswith("cuda") else "cpu",
-        amp=runs[0].cfg.SOLVER.AMP.ENABLED,  # measured as trained
-        image_size=image_size or runs[0].cfg.INPUT.MIN_SIZE_TEST or NATIVE_BENCHMARK_SIZE,
-        repeats=repeats,
-        train_repeats=0,
-    )
-    with tqdm(desc="benchmark of the trained models", unit="call") as progress:
-        measured = benchmark(named_cfgs, settings, progress)
+    if measured is None:
+        settings = BenchmarkSettings(
+            device="cuda" if runs[0].cfg.MODEL.DEVICE.startswith("cuda") else "cpu",
+            amp=runs[0].cfg.SOLVER.AMP.ENABLED,  # measured as trained
+            image_size=image_size or runs[0].cfg.INPUT.MIN_SIZE_TEST or NATIVE_BENCHMARK_SIZE,
+            repeats=repeats,
+            train_repeats=0,
+        )
+        named_cfgs = [(name, _trained_cfg(run)) for name, run in benchmarked.items()]
+        with tqdm(desc="benchmark of the trained models", unit="call") as progress:
+            measured = benchmark(named_cfgs, settings, progress)
+    else:
+        tqdm.write(f"benchmark: kept from {measured['reused_from']} (no trained model left of "
+                   "every config)")
     report = summarize(runs, run_results, measured)
     write_comparison(report, output_dir)
     return report

@@ -86,7 +86,8 @@ def summarize(runs, run_results, measured):
             "reason": None if test_available else
             f"needs at least 2 seeds per config, got {len(seeds)}",
         },
-        "benchmark": {key: measured[key] for key in ("settings", "machine", "memory_method")},
+        "benchmark": {key: measured.get(key) for key in
+                      ("settings", "machine", "memory_method", "reused_from")},
         "results": rows,
     }
 

@@ -51,12 +51,15 @@ def format_markdown(report):
         f"`{shell_words(report['overrides']) or 'none'}`; evaluated on `{report['dataset']}`. "
         "Accuracy: mean ± std over seeds. Inference: median ms per image at "
         f"{bench['image_size']}x{bench['image_size']} px on {machine} (trained weights of the "
-        f"first seed, {bench['repeats']} repeats, configs interleaved); peak memory: "
-        f"{report['benchmark']['memory_method']}. Train s/iter: median step time of the "
+        f"first seed that kept them, {bench['repeats']} repeats, configs interleaved); peak "
+        f"memory: {report['benchmark']['memory_method']}. Train s/iter: median step time of the "
         "training logs; run min: wall time of a run's training and final evaluation, mean over "
         "the runs trained by this comparison's calls.",
         "",
     ]
+    if report["benchmark"].get("reused_from"):
+        lines[-2] += (f" The benchmark is kept from {report['benchmark']['reused_from']}: no "
+                      "trained model of every config was left to measure.")
     headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
     headers += [title for _, title, _, _ in COST_COLUMNS]
     body = []
@@ -84,7 +87,8 @@ def format_markdown(report):
     elif not test["available"]:
         lines.append(f"Not available: the test {test['reason']}; run with --seeds 0 1 2.")
     else:
-        lines.append(f"{test['test']}. Cells: p-value (mean difference to {test['against']}).")
+        lines.append(f"{test['test']}. Cells: p-value (mean difference to {test['against']}; "
+                     "its 95 % confidence interval).")
         lines.append("")
         body = []
         for row in report["results"][1:]:
@@ -95,7 +99,9 @@ def format_markdown(report):
                     cells.append("n/a")
                     continue
                 p = "undefined" if result["p"] is None else f"p={result['p']:.3f}"
-                cells.append(f"{p} ({format(result['mean_difference'], '+' + value_format)})")
+                low, high = (format(value, "+" + value_format) for value in result["ci95"])
+                difference = format(result["mean_difference"], "+" + value_format)
+                cells.append(f"{p} ({difference}; {low} to {high})")
             body.append(cells)
         headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
         lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
