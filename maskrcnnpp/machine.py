@@ -9,6 +9,9 @@ import subprocess
 
 # torch.amp.GradScaler(device) and torch.autocast(device), as the tools use them, need 2.3.
 MIN_TORCH = (2, 3)
+# The newest torch release series this project has been tested with: scripts/install.sh installs
+# the newest pair the package index offers from MIN_TORCH up to this series.
+NEWEST_TESTED_TORCH = (2, 14)
 
 
 def version_tuple(version):
@@ -20,6 +23,30 @@ def matching_torchvision(torch_version):
     """The torchvision release series built for a torch 2.x release (2.M -> 0.M+15), or None."""
     major, minor = version_tuple(torch_version)
     return f"0.{minor + 15}" if major == 2 else None
+
+
+def matching_torch(torchvision_version):
+    """The torch release series a torchvision 0.N release was built for (0.N -> 2.N-15), or None."""
+    major, minor = version_tuple(torchvision_version)
+    return f"2.{minor - 15}" if major == 0 and minor >= 15 else None
+
+
+def torch_requirements(torch_version="", torchvision_version=""):
+    """The pip requirements scripts/install.sh installs torch + torchvision with: a version
+    given is pinned exactly; without one, the range from MIN_TORCH to NEWEST_TESTED_TORCH (and the
+    torchvision series built for it), so that pip's resolver picks the newest pair the index
+    offers, each torchvision naming the torch it was built for."""
+    if torch_version:
+        torch, series = f"torch=={torch_version}", matching_torchvision(torch_version)
+        torchvision = f"torchvision=={series}.*" if series else "torchvision"
+    else:
+        (major, low), (_, high) = MIN_TORCH, NEWEST_TESTED_TORCH
+        torch = f"torch>={major}.{low},<{major}.{high + 1}"
+        torchvision = (f"torchvision>={matching_torchvision(f'{major}.{low}')},"
+                       f"<{matching_torchvision(f'{major}.{high + 1}')}")
+    if torchvision_version:
+        torchvision = f"torchvision=={torchvision_version}"
+    return [torch, torchvision]
 
 
 def _nvidia_smi(*args):

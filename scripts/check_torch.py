@@ -7,6 +7,9 @@ and installs the pinned one only where none works.
 
     python3 scripts/check_torch.py                       # exit code: WORKS, NO_TORCH, ...
     python3 scripts/check_torch.py --torchvision-for 2.5.1   # prints 0.20
+    python3 scripts/check_torch.py --torch-for 0.20.1        # prints 2.5
+    python3 scripts/check_torch.py --requirements "" ""      # torch>=2.3,<2.15 torchvision>=0.18,<0.30
+    python3 scripts/check_torch.py --installed           # the torch and torchvision pip installed
 """
 import importlib.util
 import os
@@ -66,9 +69,35 @@ def main(machine):
     return WORKS
 
 
+def installed_versions():
+    """The versions of the torch and torchvision distributions, as pip sees them (a torch that
+    imports without pip's metadata, e.g. from PYTHONPATH, by its __version__)."""
+    from importlib import import_module, metadata
+
+    versions = []
+    for name in ("torch", "torchvision"):
+        try:
+            versions.append(metadata.version(name))
+        except metadata.PackageNotFoundError:
+            versions.append(import_module(name).__version__)
+    return versions
+
+
 if __name__ == "__main__":
     machine = load_machine_module()
     if len(sys.argv) == 3 and sys.argv[1] == "--torchvision-for":
         print(machine.matching_torchvision(sys.argv[2]) or "")
+        sys.exit(0)
+    if len(sys.argv) == 3 and sys.argv[1] == "--torch-for":
+        print(machine.matching_torch(sys.argv[2]) or "")
+        sys.exit(0)
+    if len(sys.argv) == 4 and sys.argv[1] == "--requirements":
+        print(" ".join(machine.torch_requirements(sys.argv[2], sys.argv[3])))
+        sys.exit(0)
+    if sys.argv[1:] == ["--installed"]:
+        try:
+            print(" ".join(installed_versions()))
+        except ImportError as e:
+            sys.exit(f"not installed: {e}")
         sys.exit(0)
     sys.exit(main(machine))

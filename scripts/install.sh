@@ -6,13 +6,17 @@
 #   DETECTRON2_SOURCE=/path/to/detectron2 bash scripts/install.sh   # no GitHub: a source folder or archive
 #   WHEELS=/path/to/wheels DETECTRON2_SOURCE=... bash scripts/install.sh   # no package index at all
 #   DETECTRON2_CUDA_OPS=1 bash scripts/install.sh   # also compile detectron2's own CUDA kernels
+#   TORCH_VERSION=2.14.1 TORCHVISION_VERSION=0.29.1 bash scripts/install.sh   # this pair, exactly
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-# The pair installed where no working torch + torchvision is found (override both together).
-TORCH_VERSION=${TORCH_VERSION:-2.14.1}
-TORCHVISION_VERSION=${TORCHVISION_VERSION:-0.29.2}
+# Where no working torch + torchvision is found: the newest pair the package index offers (within
+# pip's configured constraints) from torch 2.3 to the newest series tested here (2.14), matched by
+# pip's resolver, since each torchvision release requires the torch it was built for. A version
+# named here is installed exactly (TORCH_VERSION alone gets the torchvision series built for it).
+TORCH_VERSION=${TORCH_VERSION:-}
+TORCHVISION_VERSION=${TORCHVISION_VERSION:-}
 DETECTRON2_COMMIT=02b5c4e295e990042a714712c21dc79b731e8833
 DETECTRON2_REPO=https://github.com/facebookresearch/detectron2.git
 PIP=("$PYTHON" -m pip install --disable-pip-version-check)
@@ -38,9 +42,11 @@ esac
 pip_install() { "${PIP[@]}" "$@" || fail "pip install $* failed; see pip's message above.$offline_hint"; }
 
 step "python: $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
+read -r -a torch_requirements <<< "$("$PYTHON" scripts/check_torch.py --requirements "$TORCH_VERSION" "$TORCHVISION_VERSION")"
+quoted_requirements=$(printf "'%s' " "${torch_requirements[@]}")
 
 # 1. torch + torchvision: any pair that works is kept, whatever its version or CUDA build (a GPU
-#    user's torch matches their driver); the pinned pair is installed only where none works.
+#    user's torch matches their driver); a pair is installed only where none works.
 check_torch() {
   set +e
   "$PYTHON" scripts/check_torch.py | sed 's/^/[install]   /'
@@ -48,16 +54,41 @@ check_torch() {
   set -e
   return "$status"
 }
+# pip installs a pair; $torch and $torchvision are then the versions it installed
+installed_pair() {
+  local versions
+  versions=$("$PYTHON" scripts/check_torch.py --installed) || fail "torch or torchvision is not installed."
+  read -r torch torchvision <<< "$versions"
+}
+install_pair() { pip_install "$@"; installed_pair; }
+pair_matches() {  # torchvision 0.N is built for torch 2.(N-15)
+  local series
+  series=$("$PYTHON" scripts/check_torch.py --torchvision-for "$torch")
+  [ -z "$series" ] || [[ "$torchvision" == "$series".* ]]
+}
 step "looking for a working torch + torchvision (torchvision.ops.nms on the CPU, and on CUDA if present)"
 status=0; check_torch || status=$?
 case $status in
   0) step "keeping this torch + torchvision" ;;
   10)
-    step "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
-    pip_install "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+    step "installing the newest torch + torchvision the package index offers for ${torch_requirements[*]}"
+    install_pair "${torch_requirements[@]}"
+    if [ -z "$TORCH_VERSION" ] && ! pair_matches; then
+      # a torchvision that accepts newer torch releases than its own (torch>=, not torch==) was
+      # paired with one of them: keep the torchvision, install the torch it was built for
+      series=$("$PYTHON" scripts/check_torch.py --torch-for "$torchvision")
+      if [ -n "$series" ]; then
+        step "torchvision $torchvision is built for torch $series, not $torch: installing torch $series.*"
+        install_pair "torch==$series.*" "torchvision==$torchvision"
+      fi
+    fi
+    pair_matches || fail "torchvision $torchvision is not built for torch $torch (that is torchvision $("$PYTHON" scripts/check_torch.py --torchvision-for "$torch").*).
+  Install a matching pair, e.g. $PYTHON -m pip install $quoted_requirements, then run this script again."
+    step "chose torch $torch + torchvision $torchvision"
     check_torch || fail "torchvision.ops.nms does not run with the torch just installed.
-  A torch build that satisfies the pin but not torchvision's (e.g. a local CPU-only wheel) is installed.
-  Fix: $PYTHON -m pip install --force-reinstall torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION" ;;
+  A torch build that satisfies torchvision's requirement but is not the one it was built for (e.g. a
+  local CPU-only wheel next to the registry's torchvision) is installed.
+  Fix: $PYTHON -m pip install --force-reinstall torch==$torch torchvision==$torchvision" ;;
   11)
     torch=$("$PYTHON" -c 'import torch; print(torch.__version__)')
     series=$("$PYTHON" scripts/check_torch.py --torchvision-for "$torch")
@@ -68,15 +99,16 @@ case $status in
   built for your torch from the same place your torch came from, e.g.
     $PYTHON -m pip install torchvision==$series.* --index-url https://download.pytorch.org/whl/cu<your CUDA>
   then run this script again." ;;
-  12) fail "upgrade torch, e.g. $PYTHON -m pip install torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION
+  12) fail "upgrade torch, e.g. $PYTHON -m pip install --upgrade $quoted_requirements
   (or the build for your CUDA from https://pytorch.org/get-started/locally/), then run this script again." ;;
   *) fail "scripts/check_torch.py failed (exit code $status); see its output above." ;;
 esac
 
-# From here on, pip may not replace the torch pair: every install is constrained to it.
-"$PYTHON" -c 'import torch, torchvision; print(f"torch=={torch.__version__}\ntorchvision=={torchvision.__version__}")' \
-  > "$work/constraints.txt"
-export PIP_CONSTRAINT="$work/constraints.txt"
+# From here on, pip may not replace the torch pair: every install is constrained to it (on top of
+# any constraints pip is configured with).
+installed_pair
+printf 'torch==%s\ntorchvision==%s\n' "$torch" "$torchvision" > "$work/constraints.txt"
+PIP+=(--constraint "$work/constraints.txt")
 
 # 2. Build tools. setuptools<81 still ships pkg_resources, which detectron2.model_zoo imports.
 if "$PYTHON" -c "import pkg_resources, wheel" 2>/dev/null; then
