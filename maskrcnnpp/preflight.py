@@ -2,9 +2,11 @@
 written (the config's model builds, its weights load safely and fit, the datasets are registered and
 readable, the output is writable, the device suits the machine), so a mistake ends in one line."""
 import os
+import re
 import tempfile
 
 from detectron2.data import DatasetCatalog
+import detectron2.modeling
 from detectron2.modeling import build_model
 
 from .checkpoint import NucleiCheckpointer, load_weights
@@ -35,6 +37,30 @@ def check_writable(path, what="Output folder"):
         ) from None
 
 
+# detectron2's registries of model parts, which configs name (MODEL.BACKBONE.NAME, ...).
+MODEL_REGISTRIES = [getattr(detectron2.modeling, name) for name in dir(detectron2.modeling)
+                    if name.endswith("_REGISTRY")]
+
+
+def build_model_or_explain(cfg):
+    """``build_model(cfg)``; a config whose choices do not fit together (a name no registry
+    holds, a GroupNorm width not divisible by its 32 groups, ...) fails in detectron2 with a
+    traceback: here, as one UserInputError line that names the cause."""
+    try:
+        return build_model(cfg)
+    except UserInputError:
+        raise
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        cause = (str(e).strip("'\"").splitlines() or [type(e).__name__])[0].rstrip("!.")
+        unknown = re.fullmatch(r"No object named '(.+)' found in '(.+)' registry", cause)
+        if unknown:
+            registry = next(r for r in MODEL_REGISTRIES if r._name == unknown.group(2))
+            cause += "." + did_you_mean(unknown.group(1), [name for name, _ in registry])
+        cause += "" if cause.endswith((".", "?")) else "."
+        raise UserInputError(f"The config's model cannot be built: {cause} Check the MODEL keys it "
+                             "sets against detectron2's and Mask R-CNN++'s.") from None
+
+
 def check_model(cfg, weights=None):
     """Build the model of ``cfg`` on the CPU, as the tools run it (with its overlap-tile
     predictor), and load ``weights`` (default MODEL.WEIGHTS, none if empty) into it: a choice that
@@ -47,7 +73,7 @@ def check_model(cfg, weights=None):
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = weights
-    model = build_model(cfg)
+    model = build_model_or_explain(cfg)
     TiledPredictor(cfg, model)  # checks TEST.TILE and INPUT.FORMAT
     if weights:
         load_weights(cfg, model)

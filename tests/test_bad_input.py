@@ -480,3 +480,27 @@ def test_training_refuses_evaluation_thresholds_before_it_starts(opts, message, 
                                                                  tmp_path, capsys):
     assert_one_clear_error(train_net.main, train(tmp_path, *tiny_nuclei["opts"], *opts), message,
                            capsys, untouched=[tmp_path / "out"])
+
+
+# --- a model the config's choices cannot build ----------------------------------------------------
+
+
+@pytest.mark.parametrize("model_yaml, message", [
+    ("  BACKBONE:\n    NAME: build_resnet_fpn_backbon\n",
+     "error: The config's model cannot be built: No object named 'build_resnet_fpn_backbon' found "
+     "in 'BACKBONE' registry. Did you mean 'build_resnet_fpn_backbone'? Check the MODEL keys it "
+     "sets against detectron2's and Mask R-CNN++'s."),
+    ("  FPN:\n    OUT_CHANNELS: 144\n",
+     "error: The config's model cannot be built: num_channels (144) must be divisible by "
+     "num_groups (32). Check the MODEL keys it sets against detectron2's and Mask R-CNN++'s."),
+])
+def test_a_model_that_cannot_be_built_is_one_line_in_every_tool(model_yaml, message, tiny_nuclei,
+                                                                tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f'_BASE_: "{QUICKSTART}"\nMODEL:\n{model_yaml}')
+    assert cli.run(train_net.main, [str(a) for a in train(tmp_path, *tiny_nuclei["opts"],
+                                                          config=config)]) == 2
+    assert error_lines(capsys.readouterr().err) == [message]
+    assert cli.run(benchmark.main, ["--config-file", str(config), "--flops-only"]) == 2
+    assert error_lines(capsys.readouterr().err) == [message]
+    assert not (tmp_path / "out").exists()

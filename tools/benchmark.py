@@ -27,7 +27,7 @@ from maskrcnnpp.analysis.cost import cost_rows
 from maskrcnnpp.analysis.speed import DEFAULT_REPEATS, BenchmarkSettings, benchmark, benchmark_cfg
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json, write_text
-from maskrcnnpp.preflight import check_writable
+from maskrcnnpp.preflight import check_model, check_writable
 
 
 def device_defaults(index):
@@ -79,6 +79,8 @@ def main(argv):
     if args.flops_only:
         with tqdm(total=len(named), desc="counting", unit="config") as progress:
             measured = [(name, benchmark_cfg(cfg, settings)) for name, cfg in named]
+            for _, cfg in measured:
+                check_model(cfg)  # one line, not a traceback, for a model that cannot be built
             rows = cost_rows(measured, settings.image_size, progress)
         report = {"image_size": settings.image_size, "results": rows}
         table = format_costs(report)
