@@ -32,9 +32,11 @@ def add_maskrcnnpp_config(cfg):
 
     # How MODEL.WEIGHTS and checkpoints load (maskrcnnpp/checkpoint.py).
     cfg.MODEL.LOAD = CN()
-    # Allow weights that fit only part of the model (fine-tuning from FPN or ImageNet weights).
+    # Allow weights that fit only part of the model (e.g. FPN weights into the dense neck); ImageNet
+    # weights of the whole bottom-up ResNet load without it.
     cfg.MODEL.LOAD.PARTIAL = False
-    # Allow .pkl weights: a pickle runs whatever code it contains when loaded; only for trusted files.
+    # Allow .pkl weights that the restricted unpickler refuses (detectron2's and Detectron's arrays
+    # load without it): such a pickle runs whatever code it contains; only for trusted files.
     cfg.MODEL.LOAD.ALLOW_PICKLE = False
 
     # Mask head loss (HybridLossMaskHead): "BCE" (detectron2's) or "BCE+Dice" (UNet++'s hybrid).

@@ -4,7 +4,7 @@
 #
 #   bash scripts/download_wheels.sh DIR                          # for this machine's Python
 #   bash scripts/download_wheels.sh DIR --python-version 3.12    # for another Python (x86-64 Linux)
-#   bash scripts/download_wheels.sh DIR --with-torch             # add the pinned torch pair (GBs)
+#   bash scripts/download_wheels.sh DIR --with-torch             # add torch + torchvision (the installer's range, or TORCH_VERSION/TORCHVISION_VERSION; GBs)
 #
 # then, on the offline machine:  WHEELS=DIR DETECTRON2_SOURCE=detectron2.tar.gz bash scripts/install.sh
 set -euo pipefail
@@ -26,8 +26,9 @@ while [ $# -gt 0 ]; do
               --platform manylinux_2_28_x86_64 --platform linux_x86_64)
       shift 2 ;;
     --with-torch)
-      eval "$(grep -E '^TORCH(VISION)?_VERSION=' scripts/install.sh)"  # the installer's pins
-      requirements+=("torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION")
+      # the installer's choice: its supported range, or the pair TORCH_VERSION / TORCHVISION_VERSION name
+      read -r -a pair <<< "$("$PYTHON" scripts/check_torch.py --requirements "${TORCH_VERSION:-}" "${TORCHVISION_VERSION:-}")"
+      requirements+=("${pair[@]}")
       shift ;;
     *) echo "unknown option $1; $usage" >&2; exit 2 ;;
   esac
