@@ -24,8 +24,28 @@ def trained_model_parser(description):
 
 def check_weights_file(path):
     """UserInputError unless --weights ``path`` is a file."""
+    if os.path.isdir(path):
+        raise UserInputError(weights_folder_message("--weights", path))
     if not os.path.isfile(path):
         raise UserInputError(f"--weights {path} is not a file; pass model_final.pth.")
+
+
+def weights_folder_message(option, path):
+    """The error for weights (``option``: --weights, MODEL.WEIGHTS) that name the folder
+    ``path``: the file in it to pass, where a training run's folder says which."""
+    final = os.path.join(path, "model_final.pth")
+    last = os.path.join(path, "last_checkpoint")  # detectron2's note of its latest checkpoint
+    named = ""
+    if not os.path.isfile(final) and os.path.isfile(last):
+        with open(last) as f:
+            named = os.path.join(path, f.read().strip())
+    if os.path.isfile(final):
+        hint = f"pass the trained model in it, {final}"
+    elif os.path.isfile(named):
+        hint = f"pass its last checkpoint, {named} (as its last_checkpoint says)"
+    else:
+        hint = "name the .pth file in it (a training run's folder holds model_final.pth)"
+    return f"{option} {path} is a folder, not a weights file; {hint}."
 
 
 def split_overrides(argv):

@@ -28,7 +28,7 @@ def _merge_or_explain(cfg, merge, source):
     try:
         merge()
     except yaml.YAMLError as e:
-        raise UserInputError(f"{source} is not valid YAML: {e}") from None
+        raise UserInputError(f"{source} is not valid YAML: {_one_line(e)}") from None
     except (KeyError, ValueError, AssertionError) as e:
         message = str(e).strip("'\"")
         match = re.search(r"Non-existent (?:config )?key: (\S+)", message)
@@ -40,6 +40,74 @@ def _merge_or_explain(cfg, merge, source):
             "Check its spelling against detectron2's and Mask R-CNN++'s keys "
             "(maskrcnnpp/config.py)."
         ) from None
+
+
+def _one_line(error):
+    """A YAML error as one line: what is wrong and where (PyYAML spreads it over several)."""
+    mark = getattr(error, "problem_mark", None)
+    if getattr(error, "problem", None) and mark is not None:
+        context = f"{error.context}, " if getattr(error, "context", None) else ""
+        return f"{context}{error.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
+
+
+def _base_path(base, config_file):
+    """Where detectron2 looks for a ``_BASE_`` named in ``config_file``: beside it unless absolute
+    (or ``~``, or a URL)."""
+    base = os.path.expanduser(base) if base.startswith("~") else base
+    if base.startswith(("/", "https://", "http://")):
+        return base
+    return os.path.join(os.path.dirname(config_file), base)
+
+
+def _check_yaml_files(config_file, including=()):
+    """Raise a UserInputError naming the file unless ``config_file`` and every ``_BASE_`` it
+    builds on (one path or a list of paths each) is a YAML mapping of config keys that exists and
+    does not include itself. The files are only parsed (yaml.compose), not built, so an unsafe tag
+    runs nothing here; detectron2 would fail on these with a traceback."""
+    chain = [*including, config_file]
+    source = f"Config file {config_file}"
+    source += f" (the _BASE_ of {including[-1]})" if including else ""
+    try:
+        with open(config_file) as f:
+            node = yaml.compose(f)
+    except yaml.YAMLError as e:
+        raise UserInputError(f"{source} is not valid YAML: {_one_line(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserInputError(f"{source} cannot be read: {e}.") from None
+    needed = "a config file is a mapping of config keys (KEY: value lines such as 'SEED: 0')"
+    if node is None:
+        raise UserInputError(f"{source} is empty; {needed}.")
+    if isinstance(node, yaml.SequenceNode):
+        raise UserInputError(f"{source} holds a list, not a mapping; {needed}.")
+    if not isinstance(node, yaml.MappingNode):
+        raise UserInputError(
+            f"{source} holds the single value {node.value!r}, not a mapping; {needed}."
+        )
+    bases = [value for key, value in node.value if key.value == "_BASE_"]
+    if not bases:
+        return
+    names = bases[-1].value if isinstance(bases[-1], yaml.SequenceNode) else [bases[-1]]
+    for name in names:
+        if not isinstance(name, yaml.ScalarNode) or not name.value:
+            raise UserInputError(f"{source}: _BASE_ must name a config file (or a list of them).")
+        path = _base_path(name.value, config_file)
+        if "://" in path:
+            continue
+        if not os.path.isfile(path):
+            raise UserInputError(
+                f"{source} has _BASE_ {name.value!r}, but {path} "
+                f"{'is a folder' if os.path.isdir(path) else 'does not exist'}. A relative _BASE_ "
+                "is read from the folder of the file that names it."
+            )
+        loop = [os.path.realpath(p) for p in chain]
+        if os.path.realpath(path) in loop:
+            cycle = " -> ".join([*chain[loop.index(os.path.realpath(path)):], path])
+            raise UserInputError(
+                f"{source} has _BASE_ {name.value!r}, which closes a loop of includes ({cycle}): "
+                "a config cannot build on itself. Remove that _BASE_."
+            )
+        _check_yaml_files(path, chain)
 
 
 def build_cfg(config_file, opts=()):
@@ -54,6 +122,7 @@ def build_cfg(config_file, opts=()):
             "configs/maskrcnnpp_R50.yaml, or list the shipped ones with "
             "`python -c 'import maskrcnnpp; print(maskrcnnpp.model_zoo.list_configs())'`."
         )
+    _check_yaml_files(config_file)
     cfg = get_cfg()
     add_maskrcnnpp_config(cfg)
     _merge_or_explain(cfg, lambda: cfg.merge_from_file(config_file), f"Config file {config_file}")

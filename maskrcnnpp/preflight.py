@@ -10,6 +10,7 @@ import detectron2.modeling
 from detectron2.modeling import build_model
 
 from .checkpoint import NucleiCheckpointer, load_weights
+from .cli import weights_folder_message
 from .config_loader import build_cfg
 from .data.augment import build_nuclei_augmentations
 from .data.images import read_header
@@ -67,6 +68,8 @@ def check_model(cfg, weights=None):
     cannot be built, or a missing, unreadable, unsafe or unfitting weights file, fails here with
     its one-line error, before a tool writes anything. Returns the model (eval mode)."""
     weights = cfg.MODEL.WEIGHTS if weights is None else weights
+    if weights and "://" not in weights and os.path.isdir(weights):
+        raise UserInputError(weights_folder_message("MODEL.WEIGHTS", weights))
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise UserInputError(f"The weights file {weights} does not exist.")
     cfg = cfg.clone()

@@ -504,3 +504,110 @@ def test_a_model_that_cannot_be_built_is_one_line_in_every_tool(model_yaml, mess
     assert cli.run(benchmark.main, ["--config-file", str(config), "--flops-only"]) == 2
     assert error_lines(capsys.readouterr().err) == [message]
     assert not (tmp_path / "out").exists()
+
+
+# --- config files that are no mapping, and _BASE_s that cannot be followed -----------------------
+
+NOT_A_MAPPING = "a config file is a mapping of config keys (KEY: value lines such as 'SEED: 0')."
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"bad.yaml": ""}, f"Config file {{t}}/bad.yaml is empty; {NOT_A_MAPPING}"),
+    ({"bad.yaml": "- SEED\n- 0\n"}, f"Config file {{t}}/bad.yaml holds a list, not a mapping; {NOT_A_MAPPING}"),
+    ({"bad.yaml": "SEED 0\n"},
+     f"Config file {{t}}/bad.yaml holds the single value 'SEED 0', not a mapping; {NOT_A_MAPPING}"),
+    ({"bad.yaml": '_BASE_: "gone.yaml"\n'},
+     "Config file {t}/bad.yaml has _BASE_ 'gone.yaml', but {t}/gone.yaml does not exist. A relative "
+     "_BASE_ is read from the folder of the file that names it."),
+    ({"bad.yaml": '_BASE_: "bad.yaml"\n'},
+     "Config file {t}/bad.yaml has _BASE_ 'bad.yaml', which closes a loop of includes ({t}/bad.yaml "
+     "-> {t}/bad.yaml): a config cannot build on itself. Remove that _BASE_."),
+    ({"bad.yaml": '_BASE_: "other.yaml"\n', "other.yaml": '_BASE_: "bad.yaml"\n'},
+     "Config file {t}/other.yaml (the _BASE_ of {t}/bad.yaml) has _BASE_ 'bad.yaml', which closes a "
+     "loop of includes ({t}/bad.yaml -> {t}/other.yaml -> {t}/bad.yaml): a config cannot build on "
+     "itself. Remove that _BASE_."),
+    ({"bad.yaml": '_BASE_: "empty.yaml"\n', "empty.yaml": "# nothing yet\n"},
+     f"Config file {{t}}/empty.yaml (the _BASE_ of {{t}}/bad.yaml) is empty; {NOT_A_MAPPING}"),
+], ids=["empty", "list", "scalar", "base missing", "includes itself", "loop of two", "empty base"])
+def test_a_config_file_that_is_no_mapping_or_whose_base_cannot_be_followed(files, message, tmp_path,
+                                                                             capsys):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert cli.run(train_net.main, [str(a) for a in train(tmp_path, config=tmp_path / "bad.yaml")]) == 2
+    assert error_lines(capsys.readouterr().err) == ["error: " + message.format(t=tmp_path)]
+    assert not (tmp_path / "out").exists()
+
+
+# --- weights that name a folder ------------------------------------------------------------------
+
+
+def test_weights_that_name_a_folder_say_which_file_in_it_to_pass(tmp_path, capsys):
+    run = tmp_path / "run"  # a training run's folder: model_final.pth
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"")
+    assert cli.run(train_net.main, [str(a) for a in train(tmp_path, "MODEL.WEIGHTS", run)]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: MODEL.WEIGHTS {run} is a folder, not a weights file; pass the trained model in "
+        f"it, {run}/model_final.pth."
+    ]
+    stopped = tmp_path / "stopped"  # a run stopped early: last_checkpoint names its checkpoint
+    stopped.mkdir()
+    (stopped / "model_0000099.pth").write_bytes(b"")
+    (stopped / "last_checkpoint").write_text("model_0000099.pth")
+    image = with_image(tmp_path / "im", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8)))
+    argv = ["--config-file", QUICKSTART, "--weights", stopped, "--input", image, "--output", tmp_path / "pred"]
+    assert cli.run(predict.main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: --weights {stopped} is a folder, not a weights file; pass its last checkpoint, "
+        f"{stopped}/model_0000099.pth (as its last_checkpoint says)."
+    ]
+    argv = ["--config-file", QUICKSTART, "--weights", image, "--output", tmp_path / "export"]
+    assert cli.run(load_tool("export_model").main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: --weights {image} is a folder, not a weights file; name the .pth file in it (a "
+        "training run's folder holds model_final.pth)."
+    ]
+    assert not any((tmp_path / name).exists() for name in ("out", "pred", "export"))
+
+
+# --- compare: seeds and benchmark options, before anything trains --------------------------------
+
+
+def tiny_comparison(tmp_path, tiny_nuclei, *options):
+    """compare.py's command line on the quickstart and the tiny set, with ``options``."""
+    seed = TINY_TRAINING.index("SEED")
+    return ["--config-file", QUICKSTART, "--output", tmp_path / "cmp", *options,
+            *TINY_TRAINING[:seed], *TINY_TRAINING[seed + 2:], *tiny_nuclei["opts"]]
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--seeds", "0", "-1"], "Seed -1: seeds must be 0 or more (detectron2 trains with a random seed "
+     "for a negative SEED, which the report could not name); e.g. --seeds 0 1 2."),
+    (["--repeats", "0"], "repeats=0 is too small; use at least 1."),
+    (["--image-size", "16"], "image_size=16 is too small; use at least 32."),
+    (["--image-size", "0"], "image_size=0 is too small; use at least 32."),
+])
+def test_compare_refuses_negative_seeds_and_bad_benchmark_options_before_training(
+        options, message, tiny_nuclei, tmp_path, capsys):
+    argv = tiny_comparison(tmp_path, tiny_nuclei, *options)
+    assert cli.run(compare.main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [f"error: {message}"]
+    assert not (tmp_path / "cmp").exists()
+
+
+# --- evaluate: a height or width that is no number ------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value, shown", [("height", "10", '"10"'), ("width", 20.5, "20.5")])
+def test_evaluate_refuses_an_image_size_that_is_no_whole_number(key, value, shown, tmp_path, capsys):
+    argv = evaluation_files(tmp_path, [{"image_id": 7}])
+    gt = json.loads((tmp_path / "gt.json").read_text())
+    gt["images"][0][key] = value
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    assert cli.run(evaluate.main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: The ground-truth file {tmp_path}/gt.json: image 7 (a.png) has {key} {shown}; "
+        f"'height' and 'width' must be whole numbers of pixels written without quotes, e.g. "
+        f'"{key}": 64.'
+    ]
+    assert not (tmp_path / "eval").exists()

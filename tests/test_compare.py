@@ -4,6 +4,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -247,3 +251,40 @@ def test_a_box_only_detector_is_compared_on_box_ap(setup, tmp_path):
     assert "| n/a " in row and "31.00 ± 1.41" in row
     assert _csv_rows(report)[1]["mask_AP_mean"] is None
     _figure(report)  # box AP for both
+
+
+def processes_naming(folder):
+    """The ids of the processes whose command line names ``folder`` (from /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(folder).encode() in f.read():
+                    found.append(int(pid))
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the processes from /proc")
+def test_a_stopped_comparison_stops_its_training(setup, tmp_path):
+    """SIGTERM to compare.py ends the train_net.py it runs (and its process group) too, instead
+    of leaving it to train on, orphaned."""
+    run_folder = tmp_path / "out" / "runs" / "quickstart_synthetic" / "seed0"
+    command = [sys.executable, os.path.join(REPO, "tools", "compare.py"), "--config-file",
+               QUICKSTART, "--output", tmp_path / "out", *setup["opts"], "SOLVER.MAX_ITER", "100000"]
+    comparison = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={"DETECTRON2_DATASETS": os.path.join(REPO, "datasets"), **os.environ})
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_folder / "config.yaml").exists():  # written by the training itself
+            assert comparison.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert processes_naming(run_folder)
+        comparison.send_signal(signal.SIGTERM)
+        assert comparison.wait(timeout=15) == 128 + signal.SIGTERM
+        assert processes_naming(run_folder) == []
+    finally:
+        comparison.kill()

@@ -15,10 +15,14 @@ they show as n/a, and box AP is then the accuracy plotted.
 """
 
 import argparse
+import contextlib
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 from tqdm import tqdm
@@ -44,6 +48,55 @@ POLL_SECONDS = 2.0
 # mid-sized DSB2018 image.
 NATIVE_BENCHMARK_SIZE = 512
 FINAL_WEIGHTS = "model_final.pth"
+# How long a stopped training may take to end before it is killed.
+STOP_SECONDS = 10
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _dies_with_this_process():
+    """A ``preexec_fn`` that has the child sent SIGTERM when this process ends, however it ends
+    (SIGKILL included): Linux's prctl(PR_SET_PDEATHSIG). None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec():
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # this process ended before the child asked
+            os._exit(1)
+
+    return preexec
+
+
+@contextlib.contextmanager
+def _stop_signals_as_exit():
+    """Within it, SIGTERM (and SIGHUP) end this process by SystemExit(128 + signal), as Ctrl-C
+    does by KeyboardInterrupt, so that the code that stops the child training runs first."""
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield
+        return
+
+    def exit_(signum, frame):
+        raise SystemExit(128 + signum)
+
+    stops = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    before = {signum: signal.signal(signum, exit_) for signum in stops}
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def _stop(child):
+    """End the child training and every process it started (its process group): SIGTERM, then
+    SIGKILL for what is left of the group after the child ended or STOP_SECONDS passed."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):  # the group has ended
+            os.killpg(child.pid, signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=STOP_SECONDS)
 
 
 def train(run, position, total, num_gpus):
@@ -61,19 +114,29 @@ def train(run, position, total, num_gpus):
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
         started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            try:
-                child.wait(timeout=POLL_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
-            # the final evaluation is logged one iteration past the last
-            done = min(max(read_metrics_log(run.path("metrics.json")), default=-1) + 1, max_iter)
-            progress.update(done - progress.n)
-            if done >= max_iter:
-                progress.set_postfix_str("evaluating")
-            if child.returncode is not None:
-                break
+        # its own process group, so that stopping it reaches its data-loader workers too
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True, preexec_fn=_dies_with_this_process())
+        try:
+            with _stop_signals_as_exit():
+                while True:
+                    try:
+                        child.wait(timeout=POLL_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        pass
+                    # the final evaluation is logged one iteration past the last
+                    done = min(max(read_metrics_log(run.path("metrics.json")), default=-1) + 1,
+                               max_iter)
+                    progress.update(done - progress.n)
+                    if done >= max_iter:
+                        progress.set_postfix_str("evaluating")
+                    if child.returncode is not None:
+                        break
+        except BaseException:  # SIGTERM, Ctrl-C, or an error here: the training stops as well
+            _stop(child)
+            tqdm.write(f"{run.describe(position, total)} stopped; the same command resumes it "
+                       "from its last checkpoint.")
+            raise
     run_wall_seconds = time.perf_counter() - started
     if child.returncode != 0:
         with open(run.path(LOG_FILE)) as f:
@@ -168,6 +231,22 @@ def plan_benchmark(runs, output_dir):
     return chosen, earlier
 
 
+def benchmark_settings(cfg, image_size, repeats):
+    """How the trained models are measured: as the first config ``cfg`` was trained (device,
+    precision), at ``image_size`` (default: the scale it is tested at) with ``repeats`` timed
+    calls; checked, so that a bad --image-size or --repeats is refused before anything trains."""
+    settings = BenchmarkSettings(
+        device="cuda" if cfg.MODEL.DEVICE.startswith("cuda") else "cpu",
+        amp=cfg.SOLVER.AMP.ENABLED,  # measured as trained
+        image_size=(cfg.INPUT.MIN_SIZE_TEST or NATIVE_BENCHMARK_SIZE) if image_size is None
+        else image_size,
+        repeats=repeats,
+        train_repeats=0,
+    )
+    settings.check()
+    return settings
+
+
 def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_size=None,
             repeats=None):
     """Train (or reuse) every config x seed, benchmark the trained models, write the comparison.
@@ -187,16 +266,10 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_
         dict: the report written to compare.json.
     """
     runs = plan_runs(config_files, list(seeds), list(opts), output_dir)
+    settings = benchmark_settings(runs[0].cfg, image_size, repeats)  # checked before any training
     benchmarked, measured = plan_benchmark(runs, output_dir)
     run_results = run_all(runs, num_gpus)
     if measured is None:
-        settings = BenchmarkSettings(
-            device="cuda" if runs[0].cfg.MODEL.DEVICE.startswith("cuda") else "cpu",
-            amp=runs[0].cfg.SOLVER.AMP.ENABLED,  # measured as trained
-            image_size=image_size or runs[0].cfg.INPUT.MIN_SIZE_TEST or NATIVE_BENCHMARK_SIZE,
-            repeats=repeats,
-            train_repeats=0,
-        )
         named_cfgs = [(name, _trained_cfg(run)) for name, run in benchmarked.items()]
         with tqdm(desc="benchmark of the trained models", unit="call") as progress:
             measured = benchmark(named_cfgs, settings, progress)

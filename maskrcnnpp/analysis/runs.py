@@ -86,6 +86,11 @@ def plan_runs(config_files, seeds, opts, output_dir):
         raise UserInputError("A comparison needs at least one config file.")
     if not seeds or len(set(seeds)) < len(seeds):
         raise UserInputError(f"Seeds {list(seeds)}: give one or more different seeds.")
+    if min(seeds) < 0:
+        raise UserInputError(
+            f"Seed {min(seeds)}: seeds must be 0 or more (detectron2 trains with a random seed "
+            "for a negative SEED, which the report could not name); e.g. --seeds 0 1 2."
+        )
     for key in ("SEED", "OUTPUT_DIR"):
         if key in opts[::2]:
             raise UserInputError(

@@ -56,6 +56,15 @@ def load_coco_gt(path):
                 f"The ground-truth file {path} has an image without 'id', 'height' and 'width': "
                 f"{str(image)[:200]}"
             )
+        for key in ("height", "width"):
+            value = image[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                name = f" ({image['file_name']})" if "file_name" in image else ""
+                raise UserInputError(
+                    f"The ground-truth file {path}: image {image['id']}{name} has {key} "
+                    f"{json.dumps(value)}; 'height' and 'width' must be whole numbers of pixels "
+                    f"written without quotes, e.g. \"{key}\": 64."
+                )
     coco_gt = COCO()
     coco_gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
