@@ -126,7 +126,14 @@ def _check_images(name, records):
         except UserInputError as e:
             problems.append(str(e))
             continue
-        if (width, height) != (record["width"], record["height"]):
+        entry = {key: record[key] for key in ("width", "height")}
+        if not all(isinstance(value, int) and not isinstance(value, bool) for value in entry.values()):
+            problems.append(
+                f"Image {record['file_name']}: its COCO entry has width {entry['width']!r} and "
+                f"height {entry['height']!r}; both must be whole numbers of pixels written without "
+                "quotes, e.g. \"height\": 64."
+            )
+        elif (width, height) != (record["width"], record["height"]):
             problems.append(
                 f"Image {record['file_name']} is {width}x{height} but its COCO entry says "
                 f"{record['width']}x{record['height']} (width x height)."
@@ -184,6 +191,8 @@ def check_train_net_args(args):
         check_lazy_inputs(load_lazy_config(args.config_file, args.opts), args.eval_only)
         return
     cfg = build_cfg(args.config_file, args.opts)
+    if args.eval_only and not args.resume and os.path.isdir(cfg.MODEL.WEIGHTS):
+        raise UserInputError(weights_folder_message("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS))
     if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
         raise UserInputError(
             f"--eval-only needs trained weights, but MODEL.WEIGHTS={cfg.MODEL.WEIGHTS!r} is not a file. "

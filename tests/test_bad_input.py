@@ -611,3 +611,27 @@ def test_evaluate_refuses_an_image_size_that_is_no_whole_number(key, value, show
         f'"{key}": 64.'
     ]
     assert not (tmp_path / "eval").exists()
+
+
+def test_training_refuses_a_coco_height_written_as_a_string(tmp_path, capsys):
+    opts = coco_set(tmp_path / "d", "quoted_height", 1)
+    annotations = tmp_path / "d" / "annotations.json"
+    coco = json.loads(annotations.read_text())
+    coco["images"][0]["height"] = "64"
+    annotations.write_text(json.dumps(coco))
+    assert_one_clear_error(
+        train_net.main, train(tmp_path, *opts),
+        f"Image {tmp_path / 'd' / 'images' / '1.png'}: its COCO entry has width 64 and height "
+        "'64'; both must be whole numbers of pixels written without quotes", capsys,
+        untouched=[tmp_path / "out"])
+
+
+def test_eval_only_with_a_weights_folder_names_the_file_to_pass(tiny_nuclei, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"")
+    argv = ["--eval-only", *train(tmp_path, *tiny_nuclei["opts"], "MODEL.WEIGHTS", run)]
+    assert_one_clear_error(
+        train_net.main, argv,
+        f"MODEL.WEIGHTS {run} is a folder, not a weights file; pass the trained model in it, "
+        f"{run / 'model_final.pth'}.", capsys, untouched=[tmp_path / "out"])
