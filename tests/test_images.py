@@ -1,15 +1,18 @@
 """The one image reader: prepare_nuclei, predict.py and the evaluator see the same 8-bit pixels."""
 import os
+import re
 
 import cv2
 import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from detectron2.data.detection_utils import read_image
 from detectron2.structures import Boxes, Instances
+from PIL import Image
 
 from maskrcnnpp.config_loader import build_cfg
-from maskrcnnpp.data.images import read_rgb8
+from maskrcnnpp.data.images import ORIENTATION_TAG, read_header, read_rgb8
 from maskrcnnpp.data.prepare import prepare_labelmaps
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.inference import predict_files
@@ -70,3 +73,30 @@ def test_a_truncated_png_is_an_error_naming_it(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserInputError, match="cut.png: it is not an image file OpenCV can decode"):
         read_rgb8(str(path))
+
+
+def test_a_jpeg_reads_upright_as_detectron2s_training_loader_reads_it(tmp_path):
+    pixels = np.zeros((40, 60, 3), np.uint8)  # stored 60 wide, 40 high
+    pixels[:10, :20] = 255  # a bright block at the stored top left
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6  # viewers turn it a quarter clockwise: 40 wide, 60 high
+    path = str(tmp_path / "turned.jpg")
+    Image.fromarray(pixels).save(path, exif=exif, quality=100)
+    upright = read_rgb8(path)
+    assert upright.shape == (60, 40, 3)
+    assert np.array_equal(upright, read_image(path, format="RGB"))
+    assert upright[:20, -10:].mean() > 200 and upright[-20:, :10].mean() < 50  # block now top right
+    assert read_header(path)[:2] == (40, 60)
+
+
+def test_a_tiff_of_several_pages_is_refused_not_read_as_its_first(tmp_path):
+    path = str(tmp_path / "stack.tif")
+    pages = [Image.fromarray(np.full((16, 16), value, np.uint8)) for value in (10, 20, 30)]
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with pytest.raises(UserInputError, match=re.escape(
+            f"Image {path} is a TIFF of 3 pages (a stack or time series), and Mask R-CNN++ "
+            "segments one 2-D image per file: save each page you want as its own file.")):
+        read_rgb8(path)
+    single = str(tmp_path / "single.tif")
+    pages[0].save(single)
+    assert read_rgb8(single).shape == (16, 16, 3)

@@ -5,12 +5,15 @@ everywhere: 8-bit values are kept, deeper images are stretched from their own pe
 (``INTENSITY_SCALINGS``). A file that is not an image, or that ends early (truncated), is an
 error that names it: OpenCV decodes most formats and returns nothing for a broken PNG or TIFF,
 but silently grey-fills a truncated JPEG, so JPEGs are decoded with Pillow, which refuses them.
+A JPEG's EXIF orientation is applied, as detectron2's training loader applies it, so an image
+reads the same in training, prediction and evaluation, upright as viewers show it. A TIFF of
+several pages (a stack or time series) is refused rather than read as its first page.
 """
 import os
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserInputError
 
@@ -20,6 +23,8 @@ IMAGE_EXTENSIONS = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 # pixels (all channels together, so colours keep their balance) are stretched to 0..255.
 INTENSITY_SCALINGS = {"percentile": (0.1, 99.9), "minmax": (0.0, 100.0)}
 _PILLOW_DECODED = (".jpg", ".jpeg")
+# EXIF's Orientation tag; values 5-8 turn the image a quarter, swapping width and height.
+ORIENTATION_TAG = 0x0112
 
 
 def read_image_file(path):
@@ -33,9 +38,11 @@ def read_image_file(path):
     if path.lower().endswith(_PILLOW_DECODED):
         try:
             with Image.open(path) as image:
-                return np.array(image)
+                return np.array(ImageOps.exif_transpose(image))
         except (OSError, UnidentifiedImageError) as e:
             raise UserInputError(f"Cannot read image {path}: {e}. Is the file complete?") from None
+    if path.lower().endswith((".tif", ".tiff")):
+        _check_single_page(path)
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise UserInputError(
@@ -45,6 +52,20 @@ def read_image_file(path):
     if image.ndim == 3 and image.shape[2] in (3, 4):
         image = image[:, :, [2, 1, 0, 3][: image.shape[2]]]  # OpenCV's BGR(A) -> RGB(A)
     return image
+
+
+def _check_single_page(path):
+    """Raise unless the TIFF at ``path`` holds one page: OpenCV would read the first alone."""
+    try:
+        with Image.open(path) as image:
+            pages = getattr(image, "n_frames", 1)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return  # not one Pillow reads: OpenCV decides
+    if pages > 1:
+        raise UserInputError(
+            f"Image {path} is a TIFF of {pages} pages (a stack or time series), and Mask R-CNN++ "
+            "segments one 2-D image per file: save each page you want as its own file."
+        )
 
 
 def to_rgb8(image, intensity="percentile", path="image"):
@@ -78,6 +99,9 @@ def read_header(path):
         raise UserInputError(f"Image {path} does not exist.")
     try:
         with Image.open(path) as image:
-            return (*image.size, image.mode)
+            turned = (path.lower().endswith(_PILLOW_DECODED)  # read upright, as read_image_file does
+                      and image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8))  # a quarter turn
+            width, height = image.size
+            return (height, width, image.mode) if turned else (width, height, image.mode)
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UserInputError(f"Image {path} is not an image file ({e}).") from None
