@@ -172,6 +172,21 @@ def _names(names):
     return (names,) if isinstance(names, str) else tuple(names)
 
 
+# What a training run leaves in its output folder (detectron2's names): the signs of an earlier run.
+EARLIER_RUN_FILES = ("last_checkpoint", "model_final.pth", "metrics.json")
+
+
+def check_new_training(output_dir, key):
+    """Raise if ``output_dir`` holds an earlier training run: training into it again from the
+    start would replace its model and interleave both runs' iterations in metrics.json."""
+    found = [name for name in EARLIER_RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
+    if found:
+        raise UserInputError(
+            f"{key} {output_dir} holds an earlier training run ({', '.join(found)}): continue it "
+            f"with --resume, train into another {key}, or pass --overwrite to replace it."
+        )
+
+
 def weights_to_load(cfg, resume):
     """The file training or evaluation starts from: with --resume, OUTPUT_DIR's last checkpoint
     where there is one, else MODEL.WEIGHTS (as detectron2's resume_or_load decides)."""
@@ -184,13 +199,23 @@ def weights_to_load(cfg, resume):
 def check_train_net_args(args):
     """Everything a run needs, checked before any process starts or any file is written: the
     config and the model it builds, the weights it loads, the datasets and every image they
-    reference, and a writable OUTPUT_DIR."""
+    reference, and a writable OUTPUT_DIR that holds no earlier run unless it is resumed or
+    replaced. Returns the run's output folder."""
     if not args.config_file:
         raise UserInputError("--config-file is required, e.g. --config-file configs/maskrcnnpp_R50.yaml")
+    if args.overwrite and (args.resume or args.eval_only):
+        raise UserInputError("--overwrite replaces an earlier training run by a new one; it does "
+                             "not go with --resume or --eval-only.")
+    starts_anew = not (args.eval_only or args.resume or args.overwrite)
     if is_lazy_config(args.config_file):
-        check_lazy_inputs(load_lazy_config(args.config_file, args.opts), args.eval_only)
-        return
+        cfg = load_lazy_config(args.config_file, args.opts)
+        if starts_anew:
+            check_new_training(cfg.train.output_dir, "train.output_dir")
+        check_lazy_inputs(cfg, args.eval_only)
+        return cfg.train.output_dir
     cfg = build_cfg(args.config_file, args.opts)
+    if starts_anew:
+        check_new_training(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if args.eval_only and not args.resume and os.path.isdir(cfg.MODEL.WEIGHTS):
         raise UserInputError(weights_folder_message("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS))
     if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):
@@ -206,3 +231,4 @@ def check_train_net_args(args):
     check_matching_thresholds(cfg.TEST.NUCLEI.MATCHING_THRESHOLDS)
     train = () if args.eval_only else cfg.DATASETS.TRAIN
     check_datasets(cfg, [*train, *cfg.DATASETS.TEST], train_names=train)
+    return cfg.OUTPUT_DIR

@@ -3,6 +3,7 @@ checkpoints, exact resumption, one line for a diverging run, and multi-process t
 import contextlib
 import os
 import random
+import shutil
 import weakref
 
 import numpy as np
@@ -36,6 +37,22 @@ def _create_cpu_aware_ddp_model(model, **kwargs):
     if comm.get_world_size() > 1 and next(model.parameters()).device.type == "cpu":
         kwargs.setdefault("device_ids", None)
     return _create_cpu_aware_ddp_model.original(model, **kwargs)
+
+
+def clear_training_run(output_dir):
+    """Remove what a training run wrote into ``output_dir`` (checkpoints, logs, evaluation), so a
+    new run started there (train_net.py --overwrite) leaves no file of the one it replaces."""
+    if not os.path.isdir(output_dir):
+        return
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name == "inference" and os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.isfile(path) and (
+                name in ("last_checkpoint", "metrics.json", "config.yaml")
+                or (name.startswith("model_") and name.endswith(".pth"))
+                or name.startswith(("events.out.tfevents.", "log.txt"))):
+            os.remove(path)
 
 
 def random_states():

@@ -635,3 +635,43 @@ def test_eval_only_with_a_weights_folder_names_the_file_to_pass(tiny_nuclei, tmp
         train_net.main, argv,
         f"MODEL.WEIGHTS {run} is a folder, not a weights file; pass the trained model in it, "
         f"{run / 'model_final.pth'}.", capsys, untouched=[tmp_path / "out"])
+
+
+# --- outputs of two runs never mix -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left_behind", ["model_final.pth", "metrics.json", "last_checkpoint"])
+def test_training_into_an_earlier_run_asks_for_resume_or_overwrite(left_behind, tiny_nuclei,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / left_behind).write_text("")
+    assert cli.run(train_net.main, [str(a) for a in train(tmp_path, *tiny_nuclei["opts"])]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: OUTPUT_DIR {out} holds an earlier training run ({left_behind}): continue it with "
+        "--resume, train into another OUTPUT_DIR, or pass --overwrite to replace it."
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [left_behind]
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--eval-only"])
+def test_overwrite_does_not_go_with_resume_or_eval_only(flag, tiny_nuclei, tmp_path, capsys):
+    argv = ["--overwrite", flag, *train(tmp_path, *tiny_nuclei["opts"])]
+    assert_one_clear_error(train_net.main, argv, "--overwrite replaces an earlier training run by "
+                           "a new one; it does not go with --resume or --eval-only.", capsys,
+                           untouched=[tmp_path / "out"])
+
+
+def test_evaluate_refuses_to_replace_an_earlier_evaluation_unless_told(tmp_path, capsys):
+    argv = [str(a) for a in evaluation_files(tmp_path, [{"image_id": 7}])]
+    assert cli.run(evaluate.main, argv) == 0
+    before = (tmp_path / "eval" / "nuclei_metrics.json").read_text()
+    capsys.readouterr()
+    assert cli.run(evaluate.main, [*argv, "--score-threshold", "0.95"]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: --out {tmp_path / 'eval'} holds an earlier evaluation (nuclei_metrics.json, "
+        "nuclei_per_image.csv): choose another folder, or pass --overwrite to replace it."
+    ]
+    assert (tmp_path / "eval" / "nuclei_metrics.json").read_text() == before
+    assert cli.run(evaluate.main, [*argv, "--score-threshold", "0.95", "--overwrite"]) == 0
+    assert (tmp_path / "eval" / "nuclei_metrics.json").read_text() != before

@@ -1,6 +1,7 @@
 """tools/train_net.py end to end on tiny data: train, checkpoint, resume, evaluate, 2 processes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -141,3 +142,18 @@ def test_kill_9_then_resume_gives_the_weights_of_an_uninterrupted_run(tiny_nucle
 
 def _read(path):
     return path.read_text() if path.exists() else ""
+
+
+@pytest.mark.slow
+def test_overwrite_replaces_the_earlier_run_whole(trained, tiny_nuclei, tmp_path):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(trained[0], earlier)
+    (earlier / "model_0000099.pth").write_bytes(b"a checkpoint of the earlier run")
+    result = run_tool("train_net.py", "--config-file", QUICKSTART, "--overwrite", *TINY_TRAINING,
+                      *tiny_nuclei["opts"], "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD",
+                      "100", "OUTPUT_DIR", earlier)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (earlier / "model_0000099.pth").exists()
+    assert not (earlier / "model_0000001.pth").exists()  # the earlier run's checkpoint of step 2
+    iterations = [m["iteration"] for m in read_metrics(earlier) if "total_loss" in m]
+    assert iterations == sorted(set(iterations)) and iterations[-1] == 1  # this run's steps only

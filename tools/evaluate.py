@@ -16,6 +16,7 @@ import maskrcnnpp  # noqa: F401  (first: it quiets the dependencies' import-time
 from detectron2.config import get_cfg
 
 from maskrcnnpp import cli
+from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.config import add_maskrcnnpp_config
 from maskrcnnpp.evaluation import (
     METRICS_FILE,
@@ -66,6 +67,8 @@ def parse_args(argv=None):
         metavar="T",
         help="IoU thresholds, each in (0, 1), of the matching table (default: %(default)s)",
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier evaluation in --out")
     return parser.parse_args(argv)
 
 
@@ -75,6 +78,13 @@ def main(argv):
     check_matching_thresholds(args.matching_thresholds)
     if args.out:
         check_writable(args.out, "--out")
+        earlier = [name for name in (METRICS_FILE, PER_IMAGE_FILE)
+                   if os.path.exists(os.path.join(args.out, name))]
+        if earlier and not args.overwrite:
+            raise UserInputError(
+                f"--out {args.out} holds an earlier evaluation ({', '.join(earlier)}): choose "
+                "another folder, or pass --overwrite to replace it."
+            )
     coco_gt = load_coco_gt(args.gt)
     predictions = load_coco_results(args.pred)
     summary, rows, _ = evaluate_coco_predictions(

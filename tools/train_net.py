@@ -25,7 +25,7 @@ from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.errors import TrainingDiverged, UserInputError
 from maskrcnnpp.lazy import build_lazy_model, evaluate_lazy, is_lazy_config, load_lazy_config, train_lazy
 from maskrcnnpp.preflight import check_train_net_args
-from maskrcnnpp.training import Trainer, enable_cpu_ddp
+from maskrcnnpp.training import Trainer, clear_training_run, enable_cpu_ddp
 
 
 def setup(args):
@@ -77,9 +77,19 @@ def _train_or_evaluate_lazy(args):
     return train_lazy(cfg, resume=args.resume)
 
 
+def parse_args(argv):
+    parser = default_argument_parser()
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train from the start into an OUTPUT_DIR that holds an earlier "
+                        "training run, removing that run's checkpoints, logs and evaluation")
+    return parser.parse_args(argv)
+
+
 def main(argv):
-    args = default_argument_parser().parse_args(argv)
-    check_train_net_args(args)
+    args = parse_args(argv)
+    output_dir = check_train_net_args(args)
+    if args.overwrite:
+        clear_training_run(output_dir)
     launch(
         train_or_evaluate,
         args.num_gpus,
