@@ -107,12 +107,18 @@ class ExactResume(HookBase):
         set_random_states(self._resumed_states)
 
 
+# Set by tools/compare.py --jobs N for the N trainings it runs at once on this machine.
+CONCURRENT_RUNS_ENV = "MASKRCNNPP_CONCURRENT_RUNS"
+
+
 def data_loader_workers(cfg):
     """DATALOADER.NUM_WORKERS; -1 means the CPU cores this process may use, shared with the other
-    training processes of this machine, at most 8 (beyond that, workers rarely feed a GPU faster)."""
+    processes of this training and with the other runs tools/compare.py --jobs trains at once
+    (CONCURRENT_RUNS_ENV), at most 8 (beyond that, workers rarely feed a GPU faster)."""
     if cfg.DATALOADER.NUM_WORKERS >= 0:
         return cfg.DATALOADER.NUM_WORKERS
-    return max(1, min(8, len(os.sched_getaffinity(0)) // comm.get_local_size()))
+    sharing = comm.get_local_size() * max(1, int(os.environ.get(CONCURRENT_RUNS_ENV, "1")))
+    return max(1, min(8, len(os.sched_getaffinity(0)) // sharing))
 
 
 class Trainer(DefaultTrainer):

@@ -16,8 +16,9 @@ from conftest import REPO, TINY_TRAINING, load_tool, run_tool
 
 from maskrcnnpp.analysis.comparison import ACCURACY_METRICS, summarize
 from maskrcnnpp.analysis.comparison_report import _csv_rows, _figure, format_markdown, shell_words
-from maskrcnnpp.analysis.runs import plan_runs
+from maskrcnnpp.analysis.runs import RunFailed, plan_runs
 from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.training import CONCURRENT_RUNS_ENV
 
 compare = load_tool("compare").compare
 
@@ -288,3 +289,43 @@ def test_a_stopped_comparison_stops_its_training(setup, tmp_path):
         assert processes_naming(run_folder) == []
     finally:
         comparison.kill()
+
+
+@pytest.mark.slow
+def test_jobs_train_runs_at_once_and_a_failed_run_leaves_the_others(setup, tmp_path, monkeypatch,
+                                                                   capsys):
+    """--jobs 2: both seeds train at once, told so (their data loaders share the cores); seed 1
+    fails, seed 0 is kept, and the next call trains seed 1 alone."""
+    tool = load_tool("compare")
+    wrapper = tmp_path / "train_or_fail.py"
+    wrapper.write_text(
+        "import os, runpy, sys\n"
+        "seed = sys.argv[sys.argv.index('SEED') + 1]\n"
+        "out = sys.argv[sys.argv.index('OUTPUT_DIR') + 1]\n"
+        f"open(os.path.join(out, 'concurrent_runs.txt'), 'w').write(os.environ['{CONCURRENT_RUNS_ENV}'])\n"
+        "if seed == '1' and os.environ.get('FAIL_SEED_1'):\n"
+        "    sys.exit(3)\n"
+        f"sys.argv[0] = {os.path.join(REPO, 'tools', 'train_net.py')!r}\n"
+        "runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    monkeypatch.setattr(tool, "TRAIN_SCRIPT", str(wrapper))
+    monkeypatch.setenv("FAIL_SEED_1", "1")
+    output = tmp_path / "out"
+    with pytest.raises(RunFailed, match=r"1 of 2 runs failed; the others are kept.*seed 1 failed "
+                                        r"\(exit code 3\)"):
+        tool.compare([QUICKSTART], output, [0, 1], setup["opts"], jobs=2, image_size=128,
+                     repeats=1)
+    seed0, seed1 = (output / "runs" / "quickstart_synthetic" / f"seed{s}" for s in (0, 1))
+    assert (seed0 / "run_result.json").is_file() and not (seed1 / "run_result.json").exists()
+    assert (seed0 / "concurrent_runs.txt").read_text() == "2"
+    assert "error: run 2/2: quickstart_synthetic seed 1 failed" in capsys.readouterr().out
+    monkeypatch.delenv("FAIL_SEED_1")
+    report = tool.compare([QUICKSTART], output, [0, 1], setup["opts"], jobs=2, image_size=128,
+                          repeats=1)
+    assert capsys.readouterr().out.count("finished earlier, reused") == 1
+    assert report["results"][0]["num_seeds"] == 2
+
+
+def test_jobs_must_be_at_least_one(setup, tmp_path):
+    with pytest.raises(UserInputError, match="--jobs 0: train at least 1 run at a time"):
+        load_tool("compare").compare([QUICKSTART], tmp_path, [0], setup["opts"], jobs=0)

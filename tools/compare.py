@@ -6,8 +6,10 @@
 
 Trailing KEY VALUE pairs apply to every run. Each config and seed trains in its own
 tools/train_net.py process into DIR/runs/<config>/seed<s> (see maskrcnnpp/analysis/runs.py), one
-after the other, so a killed comparison loses at most the run in progress: calling the command
-again reuses finished runs and resumes the others from their last checkpoint. Then the trained
+after the other, or --jobs N at once on one device (they share its memory and the CPU cores of
+their data loaders); a failed run is reported and the others go on. A killed comparison loses
+at most the runs in progress: calling the command again reuses finished runs and resumes the
+others from their last checkpoint. Then the trained
 models are benchmarked interleaved, and DIR/compare.md, .csv, .json and .png are written: mean +-
 std over seeds, costs, paired t-tests against the first config, accuracy against speed, curves.
 A model that predicts boxes only (RetinaNet, MODEL.MASK_ON False) has box AP and no mask metrics:
@@ -41,6 +43,7 @@ from maskrcnnpp.analysis.runs import (
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json
+from maskrcnnpp.training import CONCURRENT_RUNS_ENV
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 POLL_SECONDS = 2.0
@@ -99,59 +102,98 @@ def _stop(child):
             child.wait(timeout=STOP_SECONDS)
 
 
-def train(run, position, total, num_gpus):
-    """Train and evaluate ``run`` in a child process, showing its iteration; resumes if it can."""
-    command = [
-        sys.executable, TRAIN_SCRIPT, "--config-file", run.config_file, "--resume",
-        "--num-gpus", str(num_gpus), *run.opts, "SEED", str(run.seed), "OUTPUT_DIR",
-        run.output_dir,
-    ]
-    os.makedirs(run.output_dir, exist_ok=True)
-    max_iter = run.cfg.SOLVER.MAX_ITER
-    with open(run.path(LOG_FILE), "a") as log, tqdm(
-        total=max_iter, desc=run.describe(position, total), unit="iter"
-    ) as progress:
-        log.write(f"$ {' '.join(command)}\n")
-        log.flush()
-        started = time.perf_counter()
-        # its own process group, so that stopping it reaches its data-loader workers too
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, preexec_fn=_dies_with_this_process())
-        try:
-            with _stop_signals_as_exit():
-                while True:
-                    try:
-                        child.wait(timeout=POLL_SECONDS)
-                    except subprocess.TimeoutExpired:
-                        pass
-                    # the final evaluation is logged one iteration past the last
-                    done = min(max(read_metrics_log(run.path("metrics.json")), default=-1) + 1,
-                               max_iter)
-                    progress.update(done - progress.n)
-                    if done >= max_iter:
-                        progress.set_postfix_str("evaluating")
-                    if child.returncode is not None:
-                        break
-        except BaseException:  # SIGTERM, Ctrl-C, or an error here: the training stops as well
-            _stop(child)
-            tqdm.write(f"{run.describe(position, total)} stopped; the same command resumes it "
-                       "from its last checkpoint.")
-            raise
-    run_wall_seconds = time.perf_counter() - started
-    if child.returncode != 0:
-        with open(run.path(LOG_FILE)) as f:
-            tail = "".join(f.readlines()[-15:])
-        raise RunFailed(
-            f"{run.describe(position, total)} failed (exit code {child.returncode}); its output is "
-            f"in {run.path(LOG_FILE)}. Last lines:\n{tail}"
+class TrainingChild:
+    """One run's tools/train_net.py process, with its log file and progress bar."""
+
+    def __init__(self, run, position, total, num_gpus, jobs, bar):
+        self.run, self.label, self.bar = run, run.describe(position, total), bar
+        command = [
+            sys.executable, TRAIN_SCRIPT, "--config-file", run.config_file, "--resume",
+            "--num-gpus", str(num_gpus), *run.opts, "SEED", str(run.seed), "OUTPUT_DIR",
+            run.output_dir,
+        ]
+        os.makedirs(run.output_dir, exist_ok=True)
+        self.max_iter = run.cfg.SOLVER.MAX_ITER
+        self.log = open(run.path(LOG_FILE), "a")
+        self.log.write(f"$ {' '.join(command)}\n")
+        self.log.flush()
+        self.progress = tqdm(total=self.max_iter, desc=self.label, unit="iter", position=bar)
+        self.started = time.perf_counter()
+        # its own process group, so that stopping it reaches its data-loader workers too; the
+        # concurrent runs share the CPU cores for data-loader workers (training.data_loader_workers)
+        self.child = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_dies_with_this_process(), env={**os.environ, CONCURRENT_RUNS_ENV: str(jobs)},
         )
-    return run_wall_seconds
+
+    def poll(self):
+        """Show the run's iteration; its exit code once it has ended, else None."""
+        # the final evaluation is logged one iteration past the last
+        done = min(max(read_metrics_log(self.run.path("metrics.json")), default=-1) + 1,
+                   self.max_iter)
+        self.progress.update(done - self.progress.n)
+        if done >= self.max_iter:
+            self.progress.set_postfix_str("evaluating")
+        return self.child.poll()
+
+    def close(self):
+        self.progress.close()
+        self.log.close()
+
+    def stop(self):
+        _stop(self.child)
+        self.close()
+        tqdm.write(f"{self.label} stopped; the same command resumes it from its last checkpoint.")
+
+    def result(self, curve_metric):
+        """The run's collected result once it ended well (RESULT_FILE written); RunFailed else."""
+        wall_seconds = time.perf_counter() - self.started  # training and final evaluation
+        self.close()
+        if self.child.returncode != 0:
+            with open(self.run.path(LOG_FILE)) as f:
+                tail = "".join(f.readlines()[-15:])
+            raise RunFailed(
+                f"{self.label} failed (exit code {self.child.returncode}); its output is in "
+                f"{self.run.path(LOG_FILE)}. Last lines:\n{tail}"
+            )
+        result = {**collect_run(self.run, curve_metric), "wall_seconds": wall_seconds}
+        write_json(result, self.run.path(RESULT_FILE), indent=2)
+        return result
 
 
-def run_all(runs, num_gpus):
-    """Each run's collected result, training the runs that have none."""
+def train_runs(pending, total, num_gpus, jobs, curve_metric):
+    """Train ``pending`` ((position, run) pairs), up to ``jobs`` at once, writing each run's
+    result as it ends; a failed run is reported and the others go on. Returns {run output
+    folder: result} and the failures (RunFailed)."""
+    results, failures, live = {}, [], []
+    pending = list(pending)
+    with _stop_signals_as_exit():
+        try:
+            while pending or live:
+                while pending and len(live) < jobs:
+                    position, run = pending.pop(0)
+                    bar = min(set(range(jobs)) - {child.bar for child in live})
+                    live.append(TrainingChild(run, position, total, num_gpus, jobs, bar))
+                time.sleep(POLL_SECONDS)
+                for child in [child for child in live if child.poll() is not None]:
+                    live.remove(child)
+                    try:
+                        results[child.run.output_dir] = child.result(curve_metric)
+                    except RunFailed as e:
+                        failures.append(e)
+                        tqdm.write(f"error: {e}")
+        except BaseException:  # SIGTERM, Ctrl-C, or an error here: the trainings stop as well
+            for child in live:
+                child.stop()
+            raise
+    return results, failures
+
+
+def run_all(runs, num_gpus, jobs=1):
+    """Each run's collected result, training the runs that have none, up to ``jobs`` at once;
+    RunFailed, once the others have ended, if any failed."""
     curve_metric = figure_metric(runs)
-    results = []
+    reused = {}
     for position, run in enumerate(runs, start=1):
         if run.finished:
             tqdm.write(f"{run.describe(position, len(runs))} - finished earlier, reused")
@@ -161,16 +203,17 @@ def run_all(runs, num_gpus):
             # so that a run made by an earlier version reports what this one does (per-type
             # metrics); its measured wall time is kept.
             try:
-                result = {**stored, **collect_run(run, curve_metric)}
+                reused[run.output_dir] = {**stored, **collect_run(run, curve_metric)}
             except RunFailed:
-                result = stored
-        else:
-            wall_seconds = train(run, position, len(runs), num_gpus)
-            # wall_seconds: training and final evaluation, this call
-            result = {**collect_run(run, curve_metric), "wall_seconds": wall_seconds}
-        write_json(result, run.path(RESULT_FILE), indent=2)
-        results.append(result)
-    return results
+                reused[run.output_dir] = stored
+            write_json(reused[run.output_dir], run.path(RESULT_FILE), indent=2)
+    pending = [(position, run) for position, run in enumerate(runs, start=1)
+               if run.output_dir not in reused]
+    trained, failures = train_runs(pending, len(runs), num_gpus, jobs, curve_metric)
+    if failures:
+        raise RunFailed(f"{len(failures)} of {len(pending)} runs failed; the others are kept, and "
+                        f"the same command trains only what is missing. {failures[0]}")
+    return [{**reused, **trained}[run.output_dir] for run in runs]
 
 
 def _trained_cfg(run):
@@ -247,8 +290,8 @@ def benchmark_settings(cfg, image_size, repeats):
     return settings
 
 
-def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_size=None,
-            repeats=None):
+def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, jobs=1,
+            image_size=None, repeats=None):
     """Train (or reuse) every config x seed, benchmark the trained models, write the comparison.
 
     Args:
@@ -257,6 +300,7 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_
         seeds (list[int]): the seeds every config is trained with.
         opts (list[str]): KEY VALUE overrides applied to every run.
         num_gpus (int): passed to train_net.py.
+        jobs (int): runs trained at once on this machine (one device, or the CPU).
         image_size (int or None): side of the benchmark's synthetic image; by default the first
             config's INPUT.MIN_SIZE_TEST, the scale its models are tested at (512 for configs
             tested at native size).
@@ -265,10 +309,12 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, image_
     Returns:
         dict: the report written to compare.json.
     """
+    if jobs < 1:
+        raise UserInputError(f"--jobs {jobs}: train at least 1 run at a time.")
     runs = plan_runs(config_files, list(seeds), list(opts), output_dir)
     settings = benchmark_settings(runs[0].cfg, image_size, repeats)  # checked before any training
     benchmarked, measured = plan_benchmark(runs, output_dir)
-    run_results = run_all(runs, num_gpus)
+    run_results = run_all(runs, num_gpus, jobs)
     if measured is None:
         named_cfgs = [(name, _trained_cfg(run)) for name, run in benchmarked.items()]
         with tqdm(desc="benchmark of the trained models", unit="call") as progress:
@@ -291,6 +337,9 @@ def parse_args(argv):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="seeds every config is trained with (default: 0)")
     parser.add_argument("--num-gpus", type=int, default=1, help="per run, as in train_net.py")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs trained at once, sharing the device and the CPU cores of the "
+                        "data loaders (default: 1)")
     parser.add_argument("--image-size", type=int,
                         help="side of the synthetic image of the speed benchmark "
                         "(default: INPUT.MIN_SIZE_TEST of the first config, or 512 for configs "
@@ -304,7 +353,7 @@ def main(argv):
     args = parse_args(argv)
     try:
         compare(args.config_file, args.output, args.seeds, args.opts, num_gpus=args.num_gpus,
-                image_size=args.image_size, repeats=args.repeats)
+                jobs=args.jobs, image_size=args.image_size, repeats=args.repeats)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
