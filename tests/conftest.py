@@ -2,6 +2,7 @@
 subprocess or loaded in-process."""
 import functools
 import importlib.util
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,19 @@ TINY_TRAINING = [
     "DATALOADER.NUM_WORKERS", "0", "TEST.DETECTIONS_PER_IMAGE", "50",
     "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "SEED", "0",
 ]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging_handlers():
+    """A tool run in-process (train_net's setup_logger) attaches handlers that write to the
+    captured output of the test that ran it; the next tests would log into those closed streams
+    ("--- Logging error ---" above their one error line). Each test leaves the handlers as it
+    found them."""
+    loggers = [logging.getLogger(name) for name in (None, "maskrcnnpp", "detectron2", "fvcore")]
+    before = [list(logger.handlers) for logger in loggers]
+    yield
+    for logger, handlers in zip(loggers, before):
+        logger.handlers[:] = handlers
 
 
 @pytest.fixture(scope="session")
