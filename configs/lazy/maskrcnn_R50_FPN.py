@@ -79,6 +79,7 @@ dataloader.evaluator = L(NucleiEvaluator)(    # box AP, mask AP and the nuclei m
     output_dir="${...train.output_dir}",
     score_threshold=0.5,
     max_dets=1000,
+    matching_thresholds=[0.5, 0.6, 0.7, 0.8, 0.9],   # StarDist's matching table
 )
 
 # --- solver: the GPU recipe of Base-Nuclei.yaml ---------------------------------------------------
