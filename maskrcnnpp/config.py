@@ -85,7 +85,7 @@ def add_maskrcnnpp_config(cfg):
     cfg.TEST.TILE.SIZE = 640
     # Overlap of neighbouring tiles; keep it >= the largest nucleus + 16 px (DSB2018: 139 px).
     cfg.TEST.TILE.OVERLAP = 160
-    # Tiles per model call; memory grows with this, not with the image.
+    # Tiles per model call; the memory of each call grows with this.
     cfg.TEST.TILE.BATCH_SIZE = 4
     # Image borders: "mirror" (U-Net: mirror-pad by OVERLAP/2) or "shift" (edge tiles moved inside).
     cfg.TEST.TILE.BORDER = "mirror"
