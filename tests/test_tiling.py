@@ -1,17 +1,28 @@
 """Overlap-tile inference: each nucleus found once and whole across seams and image borders,
-one tile == one call."""
+one tile == one call; masks kept as crops, and what predict.py makes of them (RLEs, outlines,
+label maps) equal to what the full-image masks give."""
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import REPO, TINY_TRAINING
 from detectron2.config import get_cfg
-from detectron2.structures import Boxes, Instances
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.visualizer import GenericMask, Visualizer
+from PIL import Image
 from scipy import ndimage
 
 from maskrcnnpp.config import add_maskrcnnpp_config
+from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.errors import UserInputError
-from maskrcnnpp.inference import CroppedMasks, TiledPredictor
-from maskrcnnpp.inference.tiling import image_tiles
+from maskrcnnpp.evaluation import instances_to_labelmap
+from maskrcnnpp.inference import CroppedMasks, TiledPredictor, overlay, rcnn_tiles, tiling
+from maskrcnnpp.inference.cropped_masks import labelmap
+from maskrcnnpp.inference.overlay import CropOutline
+from maskrcnnpp.inference.predict_files import write_labels
+from maskrcnnpp.inference.tiling import BoxRegions, image_tiles
 
 
 class DiscDetector(torch.nn.Module):
@@ -222,3 +233,168 @@ def test_unknown_border_is_a_user_error_naming_the_choices():
     expected = r"TEST.TILE.BORDER='mirorr' is not valid; choose one of \['mirror', 'shift'\]\. Did"
     with pytest.raises(UserInputError, match=expected + " you mean 'mirror'"):
         TiledPredictor(tiling_cfg(border="mirorr"), DiscDetector())
+
+
+def test_crops_own_their_pixels_not_the_tiles_masks():
+    """A crop that is a view keeps its tile's whole (N, tile, tile) mask tensor alive."""
+    predictor = TiledPredictor(tiling_cfg(), DiscDetector())
+    labels = seam_discs(predictor, 1100, 700)
+    masks = predictor(as_image(labels))["instances"].pred_masks
+    assert all(crop.untyped_storage().nbytes() == crop.numel() for crop in masks.crops)
+
+
+def varied_masks(height=37, width=29, count=240, seed=0):
+    """Dense (count, height, width) bool masks: empty, full columns, touching every border, with
+    holes, and ragged discs anywhere."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.ogrid[:height, :width]
+    masks = np.zeros((count, height, width), dtype=bool)
+    for k, mask in enumerate(masks):
+        kind = k % 6
+        if kind == 1:
+            mask[:, rng.integers(0, width)] = True
+        elif kind == 2:
+            mask[:, 3:9] = True
+        elif kind == 3:
+            mask[:] = True
+            mask[5:9, 5:9] = False
+        elif kind > 3:
+            y, x, radius = rng.integers(0, height), rng.integers(0, width), rng.integers(1, 12)
+            mask[:] = ((yy - y) ** 2 + (xx - x) ** 2 <= radius ** 2) & (rng.random(mask.shape) < .9)
+    return masks
+
+
+def test_rles_outlines_and_label_map_from_crops_equal_those_of_the_full_masks():
+    dense = varied_masks()
+    masks = CroppedMasks.of(torch.from_numpy(dense))
+    assert torch.equal(masks.to_dense(), torch.from_numpy(dense))
+    for i, mask in enumerate(dense):
+        assert masks.rle(i) == mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+        expected = GenericMask(mask.astype(np.uint8), *mask.shape)
+        outlines = CropOutline(masks, i)
+        assert len(outlines.polygons) == len(expected.polygons)
+        for ours, theirs in zip(outlines.polygons, expected.polygons):
+            assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+        assert outlines.area() == expected.area() and outlines.area().dtype == expected.area().dtype
+    scores = np.random.default_rng(1).random(len(dense))
+    expected = instances_to_labelmap(list(dense), dense.shape[1:], scores, score_threshold=0.3)
+    labels = labelmap(masks, scores, score_threshold=0.3)
+    assert labels.dtype == np.uint16 and np.array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("height,width,per_pass", [(60, 50, 4096), (301, 517, 9)])
+def test_the_overlay_from_crops_is_the_visualizers_overlay_from_rles(height, width, per_pass,
+                                                                    monkeypatch):
+    monkeypatch.setattr(overlay, "POLYGONS_PER_PASS", per_pass)
+    dense = varied_masks(height, width, count=30)
+    masks = CroppedMasks.of(torch.from_numpy(dense))
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rles = [mask_util.encode(np.asfortranarray(mask.astype(np.uint8))) for mask in dense]
+    np.random.seed(0)  # the Visualizer draws each instance's colour at random
+    expected = Visualizer(image[:, :, ::-1]).overlay_instances(masks=rles).get_image()
+    np.random.seed(0)
+    assert np.array_equal(overlay.overlay_bgr(image, masks=masks), expected[:, :, ::-1])
+    boxes = np.array([[2, 3, width // 2, height // 2], [0, 0, width, height]], dtype=float)
+    np.random.seed(1)
+    expected = Visualizer(image[:, :, ::-1]).overlay_instances(boxes=boxes).get_image()
+    np.random.seed(1)
+    assert np.array_equal(overlay.overlay_bgr(image, boxes=boxes), expected[:, :, ::-1])
+    assert np.array_equal(overlay.overlay_bgr(image, masks=masks[[]]), image)
+
+
+def test_label_maps_of_more_than_65535_nuclei_are_32_bit_tiffs(tmp_path):
+    count, width = 70_000, 350
+    boxes = torch.tensor([[i % width, i // width, i % width + 1, i // width + 1]
+                          for i in range(count)])
+    masks = CroppedMasks(boxes, [torch.ones(1, 1, dtype=torch.bool)] * count, (200, width))
+    labels = labelmap(masks)
+    assert labels.dtype == np.uint32 and labels.max() == count
+    assert labelmap(masks[:65_535]).dtype == np.uint16
+    path = write_labels(str(tmp_path / "big"), labels)
+    assert path.endswith("big_labels.tif")
+    with Image.open(path) as written:
+        assert np.array_equal(np.asarray(written), labels)
+    assert write_labels(str(tmp_path / "small"), labels.clip(0, 9).astype(np.uint16)).endswith(
+        "small_labels.png")
+
+
+def pairwise_seam_duplicates(predictor, masks, scores, tile_ids, near_seam):
+    """TiledPredictor.drop_seam_duplicates as it was, comparing every pair of candidates."""
+    keep = torch.ones(len(scores), dtype=torch.bool)
+    candidates = near_seam.nonzero().squeeze(1)
+    candidates = candidates[scores[candidates].argsort(descending=True)].tolist()
+    boxes_overlap = pairwise_iou(Boxes(masks.boxes[candidates].float()),
+                                 Boxes(masks.boxes[candidates].float())) > 0
+    winners = []
+    for rank, i in enumerate(candidates):
+        if any(tile_ids[j] != tile_ids[i] and boxes_overlap[rank, j_rank]
+               and masks.iou(i, j) > predictor.duplicate_iou for j_rank, j in winners):
+            keep[i] = False
+        else:
+            winners.append((rank, i))
+    return keep
+
+
+@pytest.mark.parametrize("with_masks", [True, False])
+def test_seam_duplicates_found_through_the_grid_are_those_of_the_pairwise_search(with_masks):
+    rng = np.random.default_rng(3)
+    count, size = 100, 300
+    corners = rng.integers(0, size - 10, (count, 2))
+    sides = np.where(rng.random((count, 1)) < 0.1, rng.integers(60, 200, (count, 2)),
+                     rng.integers(0, 40, (count, 2)))  # a few empty, a few large
+    boxes = np.concatenate([corners, np.minimum(corners + sides, size)], 1)
+    twins = rng.integers(0, count, count // 2)  # seen again by another tile, a pixel or two off
+    boxes = np.concatenate([boxes, np.clip(boxes[twins] + rng.integers(-2, 3, (len(twins), 1)),
+                                           0, size)])
+    boxes = torch.from_numpy(boxes)
+    if with_masks:
+        crops = [torch.from_numpy(rng.random((int(y1 - y0), int(x1 - x0))) < 0.9)
+                 for x0, y0, x1, y1 in boxes.tolist()]
+        regions = CroppedMasks(boxes, crops, (size, size))
+    else:
+        regions = BoxRegions(boxes.float() + torch.from_numpy(rng.random(boxes.shape)).float())
+    scores = torch.from_numpy(rng.random(len(boxes))).float()
+    tile_ids = torch.from_numpy(rng.integers(0, 4, len(boxes)))
+    near_seam = torch.from_numpy(rng.random(len(boxes)) < 0.8)
+    predictor = TiledPredictor(tiling_cfg(), DiscDetector())
+    found = predictor.drop_seam_duplicates(regions, scores, tile_ids, near_seam)
+    assert torch.equal(found, pairwise_seam_duplicates(predictor, regions, scores, tile_ids,
+                                                       near_seam))
+    assert 5 < (~found).sum() < len(twins)
+
+
+@pytest.mark.slow
+def test_mask_rcnn_tiles_give_what_the_model_call_gives(monkeypatch):
+    """Mask R-CNN run step by step (mask head in chunks, each kept mask pasted alone) gives the
+    boxes, scores, classes and masks of detectron2's own call, tile by tile and merged."""
+    cfg = build_cfg(f"{REPO}/configs/quickstart_synthetic.yaml", [
+        *TINY_TRAINING, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE",
+        "60", "TEST.TILE.SIZE", "160", "TEST.TILE.OVERLAP", "48", "TEST.TILE.BATCH_SIZE", "3"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    predictor = TiledPredictor(cfg, model)
+    assert rcnn_tiles.pastes_lazily(model)
+    image = np.random.default_rng(0).integers(0, 256, (300, 380, 3), dtype=np.uint8)
+    inputs = [predictor.model_input(image, tile) for tile in predictor.tiles(300, 380)[:3]]
+    with torch.no_grad():
+        expected = model(inputs)
+        chunked = rcnn_tiles.rcnn_inference(model, inputs, chunk=7)
+    for ours, theirs in zip(chunked, expected):
+        ours, theirs = ours["instances"], theirs["instances"]
+        assert len(theirs) == 60 and ours.image_size == theirs.image_size
+        assert torch.equal(ours.pred_boxes.tensor, theirs.pred_boxes.tensor)
+        assert torch.equal(ours.scores, theirs.scores)
+        assert torch.equal(ours.pred_classes, theirs.pred_classes)
+        pasted = torch.cat([ours.pred_masks.paste(i) for i in range(len(ours))])
+        assert torch.equal(pasted, theirs.pred_masks) and pasted.any()
+
+    model.train()  # a model in training mode is called as it is (and pastes every mask)
+    assert not rcnn_tiles.pastes_lazily(model)
+    model.eval()
+    lazy = predictor(image)["instances"]
+    monkeypatch.setattr(tiling, "pastes_lazily", lambda model: False)
+    dense = predictor(image)["instances"]
+    assert len(lazy) == len(dense) > 100
+    assert torch.equal(lazy.pred_boxes.tensor, dense.pred_boxes.tensor)
+    assert torch.equal(lazy.scores, dense.scores)
+    assert torch.equal(lazy.pred_masks.to_dense(), dense.pred_masks.to_dense())

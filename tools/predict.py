@@ -5,11 +5,14 @@
         --weights output/maskrcnnpp_R50/model_final.pth --input images/ extra.png --output pred/
 
 Writes, per image, OUTPUT/<name>_overlay.png (the nuclei drawn by detectron2's Visualizer) and
-OUTPUT/<name>_labels.png (16-bit instance label map: 0 background, nuclei 1..N), both from the
-predictions scoring at least TEST.NUCLEI.SCORE_THRESHOLD, as the evaluation's instance maps; and
-OUTPUT/coco_instances_results.json with every prediction (RLE mask, score, category_id, image_id,
-file_name), the input of tools/evaluate.py. Images larger than TEST.TILE.SIZE go through
-overlap-tile inference. A model that predicts boxes only (RetinaNet) gets overlays of its boxes,
+OUTPUT/<name>_labels.png (16-bit instance label map: 0 background, nuclei 1..N; for more than
+65,535 nuclei OUTPUT/<name>_labels.tif instead, a 32-bit integer TIFF, as PNG holds 16 bits at
+most), both from the predictions scoring at least TEST.NUCLEI.SCORE_THRESHOLD, as the
+evaluation's instance maps; and OUTPUT/coco_instances_results.json with every prediction (RLE
+mask, score, category_id, image_id, file_name), the input of tools/evaluate.py. Images larger
+than TEST.TILE.SIZE go through overlap-tile inference, in memory bounded by the tile batch plus
+the image, its label map and overlay (docs/results/predict_memory.md). A model that predicts
+boxes only (RetinaNet) gets overlays of its boxes,
 no label maps, and COCO results with boxes (bbox) instead of masks. Images are read as
 prepare_nuclei.py reads them (16-bit and float images
 stretched by --intensity). Trailing KEY VALUE pairs override the config. The weights, the output
@@ -73,7 +76,7 @@ def main(argv):
     check_model(cfg)  # the weights load safely and fit the config
     os.makedirs(args.output, exist_ok=True)
     results, nuclei, skipped, with_masks = predict_images(cfg, images, args.output, args.intensity)
-    drawn, files = "overlays and label maps", "<name>_overlay.png, <name>_labels.png"
+    drawn, files = "overlays and label maps", "<name>_overlay.png, <name>_labels.png (.tif)"
     if with_masks is False:
         drawn, files = "overlays (boxes: the model predicts no masks)", "<name>_overlay.png"
     print(

@@ -1,4 +1,5 @@
 """Inference beyond DefaultPredictor: overlap-tile prediction for images larger than a tile."""
-from .tiling import CroppedMasks, TiledPredictor
+from .cropped_masks import CroppedMasks
+from .tiling import TiledPredictor
 
 __all__ = ["CroppedMasks", "TiledPredictor"]

@@ -8,9 +8,11 @@ import os
 
 import numpy as np
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.structures import Instances
 from torch import nn
 
 from ..data.images import read_rgb8
+from .cropped_masks import CroppedMasks
 from .tiling import TiledPredictor
 
 
@@ -39,8 +41,22 @@ class PredictorModel(nn.Module):
 
 def coco_results(instances, image_id, path, category_ids):
     """COCO results (RLE masks) of one image's predicted Instances, each carrying the image's
-    file name; ``category_ids[k]`` is the COCO id of class index k (``data.datasets.category_ids``)."""
-    results = instances_to_coco_json(instances, image_id)
+    file name; ``category_ids[k]`` is the COCO id of class index k (``data.datasets.category_ids``).
+
+    They are detectron2's ``instances_to_coco_json``; masks held as :class:`CroppedMasks` are
+    encoded from their crops (:meth:`CroppedMasks.rle`, the same RLEs), not through a full-image
+    array per instance."""
+    masks = instances.pred_masks if instances.has("pred_masks") else None
+    if isinstance(masks, CroppedMasks):
+        fields = {name: value for name, value in instances.get_fields().items()
+                  if name != "pred_masks"}
+        results = instances_to_coco_json(Instances(instances.image_size, **fields), image_id)
+        for index, result in enumerate(results):
+            rle = masks.rle(index)
+            rle["counts"] = rle["counts"].decode("utf-8")
+            result["segmentation"] = rle
+    else:
+        results = instances_to_coco_json(instances, image_id)
     for result in results:
         result["category_id"] = category_ids[result["category_id"]]
         result["file_name"] = os.path.basename(path)

@@ -5,25 +5,25 @@ import os
 import cv2
 import numpy as np
 from detectron2.structures import BoxMode
-from detectron2.utils.visualizer import Visualizer
+from PIL import Image
 from tqdm import tqdm
 
 from ..data.datasets import category_ids
 from ..data.images import read_rgb8
 from ..errors import UserInputError
-from ..evaluation import instances_to_labelmap
-from ..evaluation.coco_files import LazyRLEMasks
 from ..io_utils import atomic_path, write_json
+from .cropped_masks import CroppedMasks, labelmap
+from .overlay import overlay_bgr
 from .predict import coco_results
 from .tiling import TiledPredictor
 
 RESULTS_FILE = "coco_instances_results.json"
+# A label map's file: 16-bit PNG while the nuclei fit (up to 65,535), else a 32-bit TIFF.
+LABELS_PNG, LABELS_TIFF = "_labels.png", "_labels.tif"
 
 
 def write_png(path, image):
-    """Write an array as PNG atomically: HxWx3 RGB, or HxW (16-bit for label maps)."""
-    if image.ndim == 3:
-        image = np.ascontiguousarray(image[:, :, ::-1])  # OpenCV writes BGR
+    """Write an array as PNG atomically: HxWx3 BGR, or HxW (16-bit for label maps)."""
     ok, encoded = cv2.imencode(".png", image)
     if not ok:
         raise OSError(f"could not encode {path} as PNG")
@@ -31,24 +31,37 @@ def write_png(path, image):
         f.write(encoded.tobytes())
 
 
-def save_image_outputs(path, image_bgr, results, score_threshold, output_dir, with_masks=True):
+def write_labels(stem, labels):
+    """Write a label map atomically: ``<stem>_labels.png`` (16-bit) for uint16, else
+    ``<stem>_labels.tif``, a 32-bit integer TIFF (PNG holds 16 bits at most; PIL writes 32-bit
+    integers as signed, which holds any label below 2**31). Returns the path."""
+    if labels.dtype == np.uint16:
+        write_png(stem + LABELS_PNG, labels)
+        return stem + LABELS_PNG
+    with atomic_path(stem + LABELS_TIFF) as tmp:
+        Image.fromarray(labels.view(np.int32)).save(tmp, format="TIFF",
+                                                    compression="tiff_adobe_deflate")
+    return stem + LABELS_TIFF
+
+
+def save_image_outputs(path, image_bgr, results, masks, score_threshold, output_dir):
     """The overlay and the label map of one image, from its predictions above the threshold;
-    without masks (a box-only model) the overlay draws the boxes and there is no label map."""
-    kept = [result for result in results if result["score"] >= score_threshold]
+    ``masks``: the predictions' :class:`CroppedMasks`, or None for a box-only model, whose
+    overlay draws the boxes and which gets no label map. The label map is uint16 (PNG), or
+    uint32 (TIFF) for more than 65,535 nuclei; neither it nor the overlay needs a full-image
+    array per nucleus."""
+    kept = [index for index, result in enumerate(results) if result["score"] >= score_threshold]
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
-    visualizer = Visualizer(image_bgr[:, :, ::-1])
-    if not with_masks:
-        boxes = [BoxMode.convert(r["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS) for r in kept]
-        write_png(stem + "_overlay.png", visualizer.overlay_instances(boxes=boxes).get_image())
+    if masks is None:
+        boxes = [BoxMode.convert(results[i]["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
+                 for i in kept]
+        write_png(stem + "_overlay.png", overlay_bgr(image_bgr, boxes=boxes))
         return len(kept)
-    rles = [result["segmentation"] for result in kept]
-    labels = instances_to_labelmap(
-        LazyRLEMasks(rles), image_bgr.shape[:2], scores=[r["score"] for r in kept]
-    )
-    if labels.max() > np.iinfo(np.uint16).max:
-        raise ValueError(f"{len(kept)} nuclei do not fit a 16-bit label map")
-    write_png(stem + "_labels.png", labels.astype(np.uint16))
-    write_png(stem + "_overlay.png", visualizer.overlay_instances(masks=rles).get_image())
+    kept_masks = masks[kept]
+    labels = labelmap(kept_masks, scores=[results[i]["score"] for i in kept])
+    write_labels(stem, labels)
+    del labels
+    write_png(stem + "_overlay.png", overlay_bgr(image_bgr, masks=kept_masks))
     return len(kept)
 
 
@@ -67,15 +80,15 @@ def predict_images(cfg, images, output_dir, intensity="percentile"):
             continue
         instances = predict(image)["instances"]
         with_masks = instances.has("pred_masks")
+        if with_masks:
+            instances.pred_masks = CroppedMasks.of(instances.pred_masks)
         results = coco_results(instances, image_id, path, ids)
-        try:
-            nuclei += save_image_outputs(
-                path, image, results, cfg.TEST.NUCLEI.SCORE_THRESHOLD, output_dir, with_masks
-            )
-        except ValueError as e:
-            tqdm.write(f"skipped {path}: {e}")
-            skipped.append((path, str(e)))
-            continue
+        masks = instances.pred_masks if with_masks else None
+        del instances
+        nuclei += save_image_outputs(
+            path, image, results, masks, cfg.TEST.NUCLEI.SCORE_THRESHOLD, output_dir
+        )
+        del image, masks
         all_results += results
     write_json(all_results, os.path.join(output_dir, RESULTS_FILE))
     return all_results, nuclei, skipped, with_masks

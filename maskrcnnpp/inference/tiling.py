@@ -10,10 +10,14 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..checkpoint import load_weights
 from ..errors import UserInputError, check_choice
+from .cropped_masks import CroppedMasks, crop_masks
+from .rcnn_tiles import PendingMasks, pastes_lazily, rcnn_inference
 
 # Mirror padding on each side of an axis longer than a tile, as a fraction of TEST.TILE.OVERLAP,
 # for each TEST.TILE.BORDER.
 BORDER_MARGINS = {"mirror": 0.5, "shift": 0.0}
+# Side in pixels of the grid cells through which seam duplicates find the boxes they overlap.
+SEAM_GRID_CELL = 64
 
 
 def tile_starts(length, tile, overlap):
@@ -109,62 +113,6 @@ class TileInstances:
     near_seam: torch.Tensor
 
 
-class CroppedMasks:
-    """Instance masks of a large image, each stored as a bool crop inside an integer box.
-
-    Dense (N, H, W) masks of a large image would take N*H*W bytes; crops take the nuclei's own
-    area. Indexing follows detectron2's BitMasks. Iterating yields one full-size (H, W) bool tensor
-    at a time, so code written for dense ``pred_masks`` (e.g. ``instances_to_coco_json``) works
-    unchanged; ``to_dense()`` or ``np.asarray`` (e.g. in detectron2's Visualizer) build all of them.
-    """
-
-    def __init__(self, boxes, crops, image_size):
-        """``boxes``: (N, 4) int64 tensor, xyxy, exclusive ends; ``crops``: N bool tensors of the
-        boxes' shapes; ``image_size``: (height, width)."""
-        self.boxes = boxes
-        self.crops = list(crops)
-        self.image_size = tuple(image_size)
-
-    def __len__(self):
-        return len(self.crops)
-
-    def __getitem__(self, item):
-        indices = torch.arange(len(self))[item].reshape(-1)
-        return CroppedMasks(self.boxes[indices], [self.crops[i] for i in indices.tolist()],
-                            self.image_size)
-
-    def __iter__(self):
-        for (x0, y0, x1, y1), crop in zip(self.boxes.tolist(), self.crops):
-            mask = torch.zeros(self.image_size, dtype=torch.bool)
-            mask[y0:y1, x0:x1] = crop
-            yield mask
-
-    def to_dense(self):
-        """(N, H, W) bool tensor."""
-        if not len(self):
-            return torch.zeros((0, *self.image_size), dtype=torch.bool)
-        return torch.stack(list(self))
-
-    def __array__(self, dtype=None, copy=None):
-        array = self.to_dense().numpy()
-        return array if dtype is None else array.astype(dtype)
-
-    def iou(self, i, j):
-        """Mask IoU of instances ``i`` and ``j``, computed on the crops' common window."""
-        (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = self.boxes[i].tolist(), self.boxes[j].tolist()
-        x0, y0, x1, y1 = max(ax0, bx0), max(ay0, by0), min(ax1, bx1), min(ay1, by1)
-        if x1 <= x0 or y1 <= y0:
-            return 0.0
-        a = self.crops[i][y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
-        b = self.crops[j][y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
-        intersection = int((a & b).sum())
-        union = int(self.crops[i].sum()) + int(self.crops[j].sum()) - intersection
-        return intersection / union if union else 0.0
-
-    def __repr__(self):
-        return f"CroppedMasks(num_instances={len(self)}, image_size={self.image_size})"
-
-
 class BoxRegions:
     """The boxes of a model that predicts no masks (RetinaNet), standing in for
     :class:`CroppedMasks` where seam duplicates are found: their overlap is box IoU."""
@@ -174,25 +122,6 @@ class BoxRegions:
 
     def iou(self, i, j):
         return float(pairwise_iou(Boxes(self.boxes[i:i + 1]), Boxes(self.boxes[j:j + 1])))
-
-
-def crop_masks(masks, boxes, x0, y0):
-    """Dense tile masks (N, h, w) -> (int xyxy boxes in image coordinates, bool crops on the CPU).
-
-    A crop is the mask's tight extent; an empty mask gets an empty crop at its predicted box.
-    """
-    rows, cols = masks.any(dim=2).cpu(), masks.any(dim=1).cpu()
-    extents = torch.stack([
-        cols.int().argmax(dim=1),
-        rows.int().argmax(dim=1),
-        cols.shape[1] - cols.flip(1).int().argmax(dim=1),
-        rows.shape[1] - rows.flip(1).int().argmax(dim=1),
-    ], dim=1)
-    at_box = boxes.floor().long()[:, :2].repeat(1, 2) - torch.tensor([x0, y0, x0, y0])
-    extents = torch.where(rows.any(dim=1)[:, None], extents, at_box.clamp(min=0))
-    crops = [mask[top:bottom, left:right].cpu()
-             for mask, (left, top, right, bottom) in zip(masks, extents.tolist())]
-    return extents + torch.tensor([x0, y0, x0, y0]), crops
 
 
 class TiledPredictor:
@@ -267,11 +196,19 @@ class TiledPredictor:
         owned = []
         with torch.no_grad():
             for first in range(0, len(tiles), self.batch_size):
-                batch = tiles[first:first + self.batch_size]
-                outputs = self.model([self.model_input(original_image, tile) for tile in batch])
-                owned += [self.owned_instances(tile, out["instances"], image_size)
-                          for tile, out in zip(batch, outputs)]
+                owned += self.predict_batch(original_image, tiles[first:first + self.batch_size])
         return {"instances": self.merge(owned, image_size)}
+
+    def predict_batch(self, image, batch):
+        """The instances each tile of ``batch`` keeps (:class:`TileInstances`), from one model
+        call. A Mask R-CNN runs step by step (:mod:`.rcnn_tiles`: the mask head in chunks, a mask
+        pasted only if its tile keeps it); any other model as it is, its dense (N, tile, tile)
+        masks dying on return. Only the kept instances' crops, owning their pixels, outlive it."""
+        inputs = [self.model_input(image, tile) for tile in batch]
+        outputs = (rcnn_inference(self.model, inputs) if pastes_lazily(self.model)
+                   else self.model(inputs))
+        return [self.owned_instances(tile, outputs[i].pop("instances"), image.shape[:2])
+                for i, tile in enumerate(batch)]
 
     def tiles(self, height, width):
         """The tiles this predictor cuts an image of that size into."""
@@ -303,9 +240,13 @@ class TiledPredictor:
         mask_boxes, crops = None, None
         if instances.has("pred_masks"):
             x0, y0, x1, y1 = tile.inside(*image_size)
-            masks = instances.pred_masks[keep.to(instances.pred_masks.device)]
-            masks = masks[:, y0 - tile.y0:y1 - tile.y0, x0 - tile.x0:x1 - tile.x0]
-            mask_boxes, crops = crop_masks(masks, kept_boxes.tensor, x0, y0)
+            window = (x0 - tile.x0, y0 - tile.y0, x1 - tile.x0, y1 - tile.y0)
+            masks = instances.pred_masks
+            if isinstance(masks, PendingMasks):
+                mask_boxes, crops = masks.crops(keep, window, x0, y0, kept_boxes.tensor)
+            else:
+                masks = masks[:, window[1]:window[3], window[0]:window[2]]
+                mask_boxes, crops = crop_masks(masks, kept_boxes.tensor, x0, y0, keep)
         return TileInstances(kept_boxes.tensor, instances.scores.cpu()[keep],
                              instances.pred_classes.cpu()[keep], mask_boxes, crops,
                              seam_distance[keep] < self.seam_tolerance)
@@ -340,17 +281,33 @@ class TiledPredictor:
     def drop_seam_duplicates(self, masks, scores, tile_ids, near_seam):
         """Greedy by score: drop a near-seam instance whose mask (:class:`CroppedMasks`; its box
         for :class:`BoxRegions`) overlaps, by IoU above ``duplicate_iou``, a better one from
-        another tile."""
+        another tile.
+
+        Only boxes that overlap can be duplicates: the instances kept so far are found through a
+        grid of ``SEAM_GRID_CELL`` px cells, so the search grows with the instances, not with
+        their square (tens of thousands lie near a seam in a large image)."""
         keep = torch.ones(len(scores), dtype=torch.bool)
         candidates = near_seam.nonzero().squeeze(1)
         candidates = candidates[scores[candidates].argsort(descending=True)].tolist()
-        boxes_overlap = pairwise_iou(Boxes(masks.boxes[candidates].float()),
-                                     Boxes(masks.boxes[candidates].float())) > 0
-        winners = []
-        for rank, i in enumerate(candidates):
-            if any(tile_ids[j] != tile_ids[i] and boxes_overlap[rank, j_rank]
-                   and masks.iou(i, j) > self.duplicate_iou for j_rank, j in winners):
-                keep[i] = False
+        boxes = masks.boxes.float().tolist()
+        tiles = tile_ids.tolist()
+        cell = SEAM_GRID_CELL
+        winners = {}  # grid cell -> the kept candidates whose box touches it
+        for i in candidates:
+            x0, y0, x1, y1 = boxes[i]
+            cells = [(cx, cy) for cx in range(int(x0 // cell), int(x1 // cell) + 1)
+                     for cy in range(int(y0 // cell), int(y1 // cell) + 1)]
+            seen = set()
+            for j in (j for c in cells for j in winners.get(c, ())):
+                if j in seen:
+                    continue
+                seen.add(j)
+                a, b = boxes[j], boxes[i]
+                overlap = min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+                if tiles[j] != tiles[i] and overlap and masks.iou(i, j) > self.duplicate_iou:
+                    keep[i] = False
+                    break
             else:
-                winners.append((rank, i))
+                for c in cells:
+                    winners.setdefault(c, []).append(i)
         return keep
