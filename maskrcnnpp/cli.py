@@ -85,7 +85,7 @@ def run(main, argv=None):
     training) into one line on stderr and exit code 2, so a mistake never ends in a traceback.
 
     A training process that stopped itself this way (several processes, one per GPU) printed its
-    line already; its exit code is passed on.
+    line already; its exit code is passed on. Ctrl-C ends in "interrupted" and exit code 130.
     """
     try:
         return main(sys.argv[1:] if argv is None else argv)
@@ -94,3 +94,6 @@ def run(main, argv=None):
         return 2
     except ProcessExitedException as e:
         return e.exit_code or 1
+    except KeyboardInterrupt:  # Ctrl-C: one line too (atomic writes left nothing half-made)
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -38,6 +38,26 @@ def check_writable(path, what="Output folder"):
         ) from None
 
 
+
+def check_output_folder(out, sources, overwrite, reads_subfolders=True, what="Output folder"):
+    """Raise unless ``out`` can become a tool's new output folder: writable, not holding (or
+    being) one of the ``sources`` it reads, not inside a source folder whose subfolders are read
+    (the next run would read it as input), and not an earlier output unless ``overwrite``."""
+    out = os.path.abspath(out)
+    for source in map(os.path.abspath, sources):
+        if os.path.commonpath([out, source]) == out:
+            raise UserInputError(
+                f"{what} {out} is or contains the input {source}; choose another output folder."
+            )
+        if reads_subfolders and os.path.commonpath([out, source]) == source:
+            raise UserInputError(
+                f"{what} {out} lies inside the input {source}, where it would be read as "
+                "input next time; choose a folder outside it."
+            )
+    if os.path.exists(out) and not overwrite:
+        raise UserInputError(f"{what} {out} already exists; use --overwrite to replace it.")
+    check_writable(out, what)
+
 # detectron2's registries of model parts, which configs name (MODEL.BACKBONE.NAME, ...).
 MODEL_REGISTRIES = [getattr(detectron2.modeling, name) for name in dir(detectron2.modeling)
                     if name.endswith("_REGISTRY")]

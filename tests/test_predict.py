@@ -8,10 +8,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import REPO, TINY_TRAINING, run_tool
+from conftest import REPO, TINY_TRAINING, load_tool, run_tool
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
+from maskrcnnpp import cli
 from maskrcnnpp.data.coco_io import write_rgb_png
 from maskrcnnpp.data.synthetic import render_scene
 from maskrcnnpp.config_loader import build_cfg
@@ -78,6 +79,37 @@ def test_each_image_gets_an_overlay_a_label_map_and_its_coco_results(predicted):
         mask = mask_util.decode(ours[best]["segmentation"]).astype(bool)
         assert np.array_equal(labels == best + 1, mask)
 
+
+
+def test_a_rerun_replaces_the_output_whole_and_only_with_overwrite(predicted, monkeypatch, capsys):
+    _, output = predicted
+    folder = output.parent
+    before = {path.name: path.read_bytes() for path in output.iterdir()}
+    tool = load_tool("predict")
+    argv = ["--config-file", QUICKSTART, "--weights", folder / "random_init.pth",
+            "--input", folder / "images" / "small.png", "--output", output]
+    argv, overwrite = [str(a) for a in [*argv, *PREDICT_OPTS]], [str(a) for a in [
+        *argv, "--overwrite", *PREDICT_OPTS]]
+    assert cli.run(tool.main, argv) == 2
+    assert capsys.readouterr().err.strip().endswith("already exists; use --overwrite to replace it.")
+
+    def interrupted_at_the_end(*args, **kwargs):  # Ctrl-C once every file is written
+        tool_predict_images(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    tool_predict_images = tool.predict_images
+    monkeypatch.setattr(tool, "predict_images", interrupted_at_the_end)
+    assert cli.run(tool.main, overwrite) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == before
+    assert not [path.name for path in folder.iterdir() if path.name.startswith(".")]  # no .tmp-*
+
+    monkeypatch.undo()
+    assert cli.run(tool.main, overwrite) == 0
+    assert sorted(path.name for path in output.iterdir()) == [
+        "coco_instances_results.json", "small_labels.png", "small_overlay.png"]
+    results = json.loads((output / "coco_instances_results.json").read_text())
+    assert {result["file_name"] for result in results} == {"small.png"}
 
 # tools/predict.py on a 3000x3000 image (49 tiles of 640 px, 100 detections each, every one
 # painted) must stay below this peak resident memory. Measured here: 1.0 GiB; before the masks

@@ -166,7 +166,7 @@ def test_existing_output_needs_overwrite(tmp_path):
         prepare_dsb2018(tmp_path / "src", tmp_path / "out")
     prepare_dsb2018(tmp_path / "src", tmp_path / "out", overwrite=True)
     assert load(tmp_path / "out")["images"][0]["file_name"] == "a.png"
-    with pytest.raises(UserInputError, match="contains the source"):
+    with pytest.raises(UserInputError, match="is or contains the input"):
         prepare_dsb2018(tmp_path / "src", tmp_path, overwrite=True)
     with pytest.raises(UserInputError, match="val_fraction=1.5"):
         prepare_dsb2018(tmp_path / "src", tmp_path / "out2", val_fraction=1.5)

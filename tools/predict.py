@@ -12,12 +12,15 @@ evaluation's instance maps; and OUTPUT/coco_instances_results.json with every pr
 mask, score, category_id, image_id, file_name), the input of tools/evaluate.py. Images larger
 than TEST.TILE.SIZE go through overlap-tile inference, in memory bounded by the tile batch plus
 the image, its label map and overlay (docs/results/predict_memory.md). A model that predicts
-boxes only (RetinaNet) gets overlays of its boxes,
-no label maps, and COCO results with boxes (bbox) instead of masks. Images are read as
-prepare_nuclei.py reads them (16-bit and float images
-stretched by --intensity). Trailing KEY VALUE pairs override the config. The weights, the output
-folder and the inputs are checked before anything is written; an image that cannot be read is
-reported and skipped, and the exit code is then 1.
+boxes only (RetinaNet) gets overlays of its boxes, no label maps, and COCO results with boxes
+(bbox) instead of masks. Images are read as prepare_nuclei.py reads them (16-bit and float
+images stretched by --intensity). Trailing KEY VALUE pairs override the config.
+
+The weights, the output folder and the inputs are checked before anything is written. OUTPUT
+appears only once complete, from one run: it is written into a temporary folder beside it and
+renamed (Ctrl-C or a kill leaves nothing); an existing OUTPUT is replaced only with --overwrite,
+and never if it is, or holds, an input. An image that cannot be read is reported and skipped,
+and the exit code is then 1.
 """
 
 import os
@@ -28,12 +31,15 @@ from maskrcnnpp.config_loader import build_cfg
 from maskrcnnpp.data.images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.inference.predict_files import RESULTS_FILE, predict_images
-from maskrcnnpp.preflight import check_model, check_writable
+from maskrcnnpp.io_utils import atomic_directory
+from maskrcnnpp.preflight import check_model, check_output_folder
 
 def parse_args(argv):
     parser = cli.trained_model_parser(__doc__)
     parser.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_DIR")
     parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output folder (an earlier prediction)")
     parser.add_argument("--intensity", choices=sorted(INTENSITY_SCALINGS), default="percentile",
                         help="how images deeper than 8 bits become 8-bit, as in prepare_nuclei.py "
                         "(default: %(default)s)")
@@ -72,10 +78,12 @@ def main(argv):
     cli.check_weights_file(args.weights)
     cfg = build_cfg(args.config_file, [*args.opts, "MODEL.WEIGHTS", args.weights])
     images = list_images(args.input)
-    check_writable(args.output, "--output")
+    # Folders are listed, not walked: an output inside an input folder is never read as input.
+    check_output_folder(args.output, [*args.input, *images], args.overwrite,
+                        reads_subfolders=False, what="--output")
     check_model(cfg)  # the weights load safely and fit the config
-    os.makedirs(args.output, exist_ok=True)
-    results, nuclei, skipped, with_masks = predict_images(cfg, images, args.output, args.intensity)
+    with atomic_directory(args.output, overwrite=args.overwrite) as folder:
+        results, nuclei, skipped, with_masks = predict_images(cfg, images, folder, args.intensity)
     drawn, files = "overlays and label maps", "<name>_overlay.png, <name>_labels.png (.tif)"
     if with_masks is False:
         drawn, files = "overlays (boxes: the model predicts no masks)", "<name>_overlay.png"

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..errors import UserInputError, check_choice
 from ..io_utils import atomic_directory, write_json
-from ..preflight import check_writable
+from ..preflight import check_output_folder
 from .coco_io import coco_dict, write_sample
 from .image_types import IMAGE_TYPES
 from .images import IMAGE_EXTENSIONS, INTENSITY_SCALINGS, read_image_file, to_rgb8
@@ -297,23 +297,6 @@ def is_validation(name, val_fraction, seed):
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
-def check_output(out, sources, overwrite):
-    out = os.path.abspath(out)
-    for source in sources:
-        source = os.path.abspath(source)
-        if os.path.commonpath([out, source]) == out:
-            raise UserInputError(
-                f"Output folder {out} contains the source {source}; choose another output folder."
-            )
-        if os.path.commonpath([out, source]) == source:
-            raise UserInputError(
-                f"Output folder {out} lies inside the source {source}, where it would be read as "
-                "input next time; choose a folder outside it."
-            )
-    if os.path.exists(out) and not overwrite:
-        raise UserInputError(f"Output folder {out} already exists; use --overwrite to replace it.")
-
-
 def prepare_nuclei(samples, out, *, description, sources=(), val_fraction=0.1, seed=0,
                    intensity="percentile", pieces="error", binarize=False, overwrite=False):
     """Write ``samples`` to ``out`` in the COCO layout above and return the summary.
@@ -325,8 +308,7 @@ def prepare_nuclei(samples, out, *, description, sources=(), val_fraction=0.1, s
     rules = LabelRules(check_choice("pieces", pieces, PIECE_RULES), binarize)
     if not 0 <= val_fraction <= 1:
         raise UserInputError(f"val_fraction={val_fraction} must lie in [0, 1].")
-    check_output(out, sources, overwrite)
-    check_writable(out, "Output folder")
+    check_output_folder(out, sources, overwrite)
     start = time.perf_counter()
     summary = PreparationSummary()
     splits = {"train": ([], []), "val": ([], [])}
