@@ -248,6 +248,15 @@ PREDICT_CASES = {
     "output under a file": (lambda t, w: [(t / "file").write_text("x"), "--weights", w / "fpn.pth", "--input",
                                           with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))),
                                           "--output", t / "file" / "out"][1:], "is a file, not a folder"),
+    "output of an earlier run": (lambda t, w: [(t / "earlier").mkdir(), "--weights", w / "fpn.pth", "--input",
+                                               with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))),
+                                               "--output", t / "earlier"][1:], "already exists; use --overwrite"),
+    "output is the input folder": (lambda t, w: ["--weights", w / "fpn.pth", "--overwrite", "--input",
+                                                 with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))),
+                                                 "--output", t / "a"], "is or contains the input"),
+    "output holds an input image": (lambda t, w: ["--weights", w / "fpn.pth", "--overwrite", "--input",
+                                                  with_image(t / "a", "x.png", lambda p: cv2.imwrite(p, np.zeros((8, 8), np.uint8))) / "x.png",
+                                                  "--output", t], "is or contains the input"),
 }
 
 
@@ -265,12 +274,13 @@ def test_predict(case, weights, tmp_path, capsys):
 # --- evaluate ------------------------------------------------------------------------------------
 
 
-def evaluation_files(folder, predictions):
+def evaluation_files(folder, predictions, change_gt=lambda gt: None):
     mask = np.zeros((10, 20), bool)
     mask[:4, :4] = True
     gt = coco_dict([{"id": 7, "file_name": "a.png", "height": 10, "width": 20}],
                    [{"id": 1, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 16,
                      "bbox": [0, 0, 4, 4], "segmentation": encode_mask(mask)}], "gt")
+    change_gt(gt)
     (folder / "gt.json").write_text(json.dumps(gt))
     result = {"image_id": 1, "category_id": 1, "segmentation": encode_mask(mask), "score": 0.9}
     (folder / "pred.json").write_text(predictions if isinstance(predictions, str)
@@ -287,6 +297,20 @@ EVALUATE_CASES = {
                                             "1 of 2 predictions carry no file_name"),
     "image ids the ground truth lacks": (lambda t: evaluation_files(t, [{"image_id": 99}]),
                                          "absent from the ground truth, e.g. [99]"),
+    "a second category": (lambda t: evaluation_files(t, [{"image_id": 7}], lambda gt: gt.update(categories=[
+        *gt["categories"], {"id": 2, "name": "cytoplasm"}])), "has 2 categories [1, 2]; nuclei are one category"),
+    "predictions of another category": (lambda t: evaluation_files(t, [{"image_id": 7, "category_id": 2}]),
+                                        "category_id 2, which is not in the ground truth's categories [1]"),
+    "two images with one id": (lambda t: evaluation_files(t, [{"image_id": 7}], lambda gt: gt["images"].append(
+        {"id": 7, "file_name": "b.png", "height": 10, "width": 20})), "uses image id(s) 7 more than once"),
+    "two annotations with one id": (lambda t: evaluation_files(t, [{"image_id": 7}], lambda gt: gt["annotations"].append(
+        dict(gt["annotations"][0]))), "uses annotation id(s) 1 more than once"),
+    "an annotation of an unknown image": (lambda t: evaluation_files(t, [{"image_id": 7}], lambda gt: gt["annotations"][0].update(
+        image_id=8)), "1 annotation(s) name an unknown image (e.g. annotation 1 has image_id 8)"),
+    "an annotation of an unknown category": (lambda t: evaluation_files(t, [{"image_id": 7}], lambda gt: gt["annotations"][0].update(
+        category_id=3)), "1 annotation(s) name an unknown category"),
+    "RLE counts past the mask's end": (lambda t: evaluation_files(t, [{"image_id": 7, "segmentation": {
+        "size": [10, 20], "counts": [0, 150, 100]}}]), "RLE counts are not runs of a 10x20 mask"),
     "maxDets below COCO's": (lambda t: [*evaluation_files(t, [{"image_id": 7}]), "--max-dets", "50"],
                              "maxDets must be an integer of at least 100"),
     "output under a file": (lambda t: [(t / "file").write_text("x"),
@@ -308,6 +332,13 @@ def test_evaluate_pairs_predictions_by_file_name_not_by_their_own_numbering(tmp_
     assert cli.run(evaluate.main, [str(a) for a in argv]) == 0
     metrics = json.loads((tmp_path / "eval" / "nuclei_metrics.json").read_text())
     assert metrics["mask_AP"] == pytest.approx(100) and metrics["iou"] == 1.0
+
+
+def test_evaluate_computes_the_area_a_ground_truth_lacks(tmp_path):
+    argv = evaluation_files(tmp_path, [{"image_id": 7}], lambda gt: gt["annotations"][0].pop("area"))
+    assert cli.run(evaluate.main, [str(a) for a in argv]) == 0
+    metrics = json.loads((tmp_path / "eval" / "nuclei_metrics.json").read_text())
+    assert metrics["mask_AP"] == pytest.approx(100) and metrics["mask_APs"] == pytest.approx(100)
 
 
 # --- compare and benchmark ---------------------------------------------------------------------
@@ -359,7 +390,7 @@ PREPARE_CASES = {
     "output exists": (lambda t: [dsb_source(t / "src", [disc_mask()]), (t / "out").mkdir(),
                                  "dsb2018", t / "src", t / "out"][2:], "already exists; use --overwrite"),
     "output inside the source": (lambda t: ["dsb2018", dsb_source(t / "src", [disc_mask()]), t / "src" / "out"],
-                                 "lies inside the source"),
+                                 "lies inside the input"),
     "mask with differing channels": (lambda t: ["dsb2018", dsb_source(t / "src", [
         np.dstack([disc_mask(), np.zeros((32, 32), np.uint8), disc_mask()])]), t / "out"], "channels that differ"),
     "mask not binary": (lambda t: ["dsb2018", dsb_source(t / "src", [two_valued_disc()]), t / "out"],
@@ -613,17 +644,31 @@ def test_evaluate_refuses_an_image_size_that_is_no_whole_number(key, value, show
     assert not (tmp_path / "eval").exists()
 
 
-def test_training_refuses_a_coco_height_written_as_a_string(tmp_path, capsys):
-    opts = coco_set(tmp_path / "d", "quoted_height", 1)
+TRAINING_GROUND_TRUTH_CASES = {
+    "height written as a string": (lambda coco: coco["images"][0].update(height="64"),
+                                   ": image 1 (1.png) has height \"64\"; 'height' and 'width' must be "
+                                   "whole numbers of pixels written without quotes"),
+    "two images with one id": (lambda coco: coco["images"][1].update(id=1),
+                               " uses image id(s) 1 more than once; each image needs its own id"),
+    "two annotations with one id": (lambda coco: coco["annotations"][1].update(id=1),
+                                    " uses annotation id(s) 1 more than once"),
+    "an annotation of an unknown image": (lambda coco: coco["annotations"][1].update(image_id=9),
+                                          ": 1 annotation(s) name an unknown image (e.g. annotation 2 has image_id 9)"),
+}
+
+
+@pytest.mark.parametrize("case", TRAINING_GROUND_TRUTH_CASES, ids=str)
+def test_training_checks_the_ground_truth_as_the_evaluation_does(case, tmp_path, capsys):
+    change, message = TRAINING_GROUND_TRUTH_CASES[case]
+    name = "gt_" + "_".join(case.split())  # a dataset name is registered once per process
+    opts = coco_set(tmp_path / "d", name, 2)
     annotations = tmp_path / "d" / "annotations.json"
     coco = json.loads(annotations.read_text())
-    coco["images"][0]["height"] = "64"
+    change(coco)
     annotations.write_text(json.dumps(coco))
     assert_one_clear_error(
         train_net.main, train(tmp_path, *opts),
-        f"Image {tmp_path / 'd' / 'images' / '1.png'}: its COCO entry has width 64 and height "
-        "'64'; both must be whole numbers of pixels written without quotes", capsys,
-        untouched=[tmp_path / "out"])
+        f"Dataset '{name}': The ground-truth file {annotations}{message}", capsys, untouched=[tmp_path / "out"])
 
 
 def test_eval_only_with_a_weights_folder_names_the_file_to_pass(tiny_nuclei, tmp_path, capsys):

@@ -340,6 +340,12 @@ def test_no_predictions_give_zero_ap_and_zero_scores():
         ({"category_id": 0}, "category_id 0, which is not in the ground truth's categories"),
         ({"score": None}, "scores must be finite numbers"),
         ({"segmentation": [[0, 0, 1, 1, 2, 2]]}, "segmentation must be an RLE dict"),
+        # Runs that stop short of the mask's 200 pixels, or run past them (pycocotools would
+        # decode either without a word, the second by writing past its buffer).
+        ({"segmentation": {"size": [10, 20], "counts": [0, 16]}}, "RLE counts are not runs of a 10x20"),
+        ({"segmentation": {"size": [10, 20], "counts": encode_mask(np.ones((20, 20), bool))["counts"]}},
+         "summing to 200"),
+        ({"segmentation": {"size": [10, 20], "counts": "~~"}}, "RLE counts are not runs"),
     ],
 )
 def test_bad_predictions_name_the_problem(change, message):
@@ -349,9 +355,37 @@ def test_bad_predictions_name_the_problem(change, message):
         evaluate_coco_predictions(coco_gt, [{**predictions[0], **change}], 0.5, 1000)
 
 
-def nuclei_evaluator(tmp_path, true_labels):
-    """A NucleiEvaluator writing to tmp_path/out, on a dataset of one image with ``true_labels``."""
-    (tmp_path / "gt.json").write_text(json.dumps(coco_gt_from_labelmaps([true_labels])))
+def test_predictions_in_crowd_regions_are_neither_right_nor_wrong():
+    # A true nucleus and a crowd region (a clump nobody outlined): a prediction of the clump is
+    # ignored by COCO's AP, and by the instance-map metrics as well, not counted as an extra.
+    dataset = coco_gt_from_labelmaps([labelmap([A, C])])
+    dataset["annotations"][1]["iscrowd"] = 1
+    predictions = results_from_labelmap(labelmap([A, C]), 1, [0.9, 0.8])
+    summary, rows, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions, 0.5, 1000)
+    alone, _, _ = evaluate_coco_predictions(coco_gt_api(dataset), predictions[:1], 0.5, 1000)
+    assert summary["mask_AP"] == pytest.approx(100)
+    assert (rows[0]["num_true"], rows[0]["num_pred"]) == (1, 1)
+    assert summary["iou"] == summary["precision@0.5"] == summary["dsb_score"] == 1.0
+    assert {k: v for k, v in summary.items() if k != "mask_AP"} == pytest.approx(
+        {k: v for k, v in alone.items() if k != "mask_AP"}, nan_ok=True)
+    # Half of a prediction's area in the clump is COCO's IoU 0.5: ignored; less is an extra.
+    half_in = labelmap([(6, 10, 3, 7)])  # 8 of 16 pixels in C (columns 0-4)
+    summary, rows, _ = evaluate_coco_predictions(
+        coco_gt_api(dataset), predictions[:1] + results_from_labelmap(half_in, 1, [0.8]), 0.5, 1000)
+    assert rows[0]["num_pred"] == 1
+    mostly_out = labelmap([(6, 10, 4, 8)])  # 4 of 16 pixels in C
+    summary, rows, _ = evaluate_coco_predictions(
+        coco_gt_api(dataset), predictions[:1] + results_from_labelmap(mostly_out, 1, [0.8]), 0.5, 1000)
+    assert rows[0]["num_pred"] == 2 and summary["precision@0.5"] == 0.5
+
+
+def nuclei_evaluator(tmp_path, true_labels, without_area=False):
+    """A NucleiEvaluator writing to tmp_path/out, on a dataset of one image with ``true_labels``
+    (its annotations lacking COCO's ``area`` if ``without_area``)."""
+    dataset = coco_gt_from_labelmaps([true_labels])
+    for annotation in dataset["annotations"] if without_area else ():
+        del annotation["area"]
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
     dataset_name = f"nuclei_evaluator_test_{tmp_path.name}"
     MetadataCatalog.get(dataset_name).set(json_file=str(tmp_path / "gt.json"))
     cfg = get_cfg()
@@ -361,8 +395,10 @@ def nuclei_evaluator(tmp_path, true_labels):
     return evaluator
 
 
-def test_evaluator_agrees_with_the_shared_function(tmp_path):
-    evaluator = nuclei_evaluator(tmp_path, labelmap([A, B, C]))
+@pytest.mark.parametrize("without_area", [False, True], ids=["with area", "without area"])
+def test_evaluator_agrees_with_the_shared_function(tmp_path, without_area):
+    # A COCO file without 'area' (COCOeval's area ranges read it) gets the masks' areas.
+    evaluator = nuclei_evaluator(tmp_path, labelmap([A, B, C]), without_area)
     pred_labels = labelmap([A, (0, 4, 6, 9), EXTRA])
     masks = torch.from_numpy(np.stack([pred_labels == k for k in (1, 2, 3)]))
     scores = torch.tensor([0.9, 0.8, 0.7])

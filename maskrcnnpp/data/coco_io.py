@@ -1,4 +1,6 @@
-"""Instance masks to COCO instance annotations (RLE), shared by every nuclei data source."""
+"""Instance masks to COCO instance annotations (RLE), shared by every nuclei data source, and the
+checks a COCO ground-truth file must pass to be trained on or scored."""
+import json
 import os
 
 import cv2
@@ -6,6 +8,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from scipy import ndimage
 
+from ..errors import UserInputError
 from .image_types import image_type
 
 NUCLEUS_CATEGORIES = [{"id": 1, "name": "nucleus", "supercategory": "nucleus"}]
@@ -80,3 +83,60 @@ def write_sample(image_dir, file_name, image, labels, image_id, first_annotation
         "image_type": image_type(image),
     }
     return entry, labelmap_to_annotations(labels, image_id, first_annotation_id)
+
+
+def check_coco_gt(dataset, path):
+    """Raise one clear error for a ground truth the nuclei metrics cannot score as written:
+    not COCO, image sizes that are not whole numbers, image or annotation ids used twice (COCO
+    keeps one of them silently), annotations naming an unknown image or category, or other than
+    one category (the instance-map metrics know no classes: a second would be scored as the
+    first)."""
+    if not isinstance(dataset, dict) or not all(
+        isinstance(dataset.get(key), list) for key in ("images", "annotations", "categories")
+    ):
+        raise UserInputError(
+            f"The ground-truth file {path} is not a COCO instance file: it needs 'images', "
+            "'annotations' and 'categories' lists."
+        )
+    for image in dataset["images"]:
+        if not isinstance(image, dict) or not all(key in image for key in ("id", "height", "width")):
+            raise UserInputError(
+                f"The ground-truth file {path} has an image without 'id', 'height' and 'width': "
+                f"{str(image)[:200]}"
+            )
+        for key in ("height", "width"):
+            value = image[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                name = f" ({image['file_name']})" if "file_name" in image else ""
+                raise UserInputError(
+                    f"The ground-truth file {path}: image {image['id']}{name} has {key} "
+                    f"{json.dumps(value)}; 'height' and 'width' must be whole numbers of pixels "
+                    f"written without quotes, e.g. \"{key}\": 64."
+                )
+    categories = [c.get("id") if isinstance(c, dict) else c for c in dataset["categories"]]
+    if len(categories) != 1:
+        raise UserInputError(
+            f"The ground-truth file {path} has {len(categories)} categories {categories[:5]}; "
+            "nuclei are one category, and the metrics score one. Give all nuclei one category."
+        )
+    annotations = dataset["annotations"]
+    for what, entries in (("image", dataset["images"]), ("annotation", annotations)):
+        if not all(isinstance(entry, dict) and "id" in entry for entry in entries):
+            raise UserInputError(f"The ground-truth file {path} has an {what} without an 'id'.")
+        ids = [entry["id"] for entry in entries]
+        if len(set(map(repr, ids))) < len(ids):
+            twice = sorted({repr(i) for i in ids if ids.count(i) > 1})[:3]
+            raise UserInputError(
+                f"The ground-truth file {path} uses {what} id(s) {', '.join(twice)} more than once; "
+                f"each {what} needs its own id."
+            )
+    image_ids = {image["id"] for image in dataset["images"]}
+    for key, known, what in (("image_id", image_ids, "image"),
+                             ("category_id", set(categories), "category")):
+        unknown = [a for a in annotations if a.get(key) not in known]
+        if unknown:
+            raise UserInputError(
+                f"The ground-truth file {path}: {len(unknown)} annotation(s) name an unknown "
+                f"{what} (e.g. annotation {unknown[0]['id']!r} has {key} {unknown[0].get(key)!r}); "
+                f"every annotation's {key} must be one of the file's {what}s."
+            )

@@ -6,7 +6,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..errors import UserInputError
-from .coco_io import NUCLEUS_CATEGORIES
+from .coco_io import NUCLEUS_CATEGORIES, check_coco_gt
 from .synthetic import generate_synthetic_dataset
 
 # split -> (number of images, seed); image i of a split depends only on (seed, i).
@@ -33,7 +33,11 @@ def load_nuclei_coco(json_file, image_root, dataset_name, how_to_create=""):
             f"Dataset '{dataset_name}': image folder {image_root} does not exist.{hint}"
         )
     try:
+        with open(json_file) as f:
+            check_coco_gt(json.load(f), json_file)
         return load_coco_json(json_file, image_root, dataset_name)
+    except UserInputError as e:
+        raise UserInputError(f"Dataset '{dataset_name}': {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserInputError(
             f"Dataset '{dataset_name}': {json_file} is not valid JSON ({e}). "

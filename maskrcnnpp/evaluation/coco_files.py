@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
+from ..data.coco_io import check_coco_gt
 from ..errors import UserInputError
 
 RESULT_KEYS = ("image_id", "category_id", "segmentation", "score")
@@ -41,35 +42,24 @@ def _read_json(path, what):
 
 
 def load_coco_gt(path):
-    """A pycocotools COCO object from a ground-truth file, with one clear error for bad input."""
+    """A pycocotools COCO object from a ground-truth file, checked (:func:`check_coco_gt`), with
+    the ``area`` of any annotation lacking one computed from its mask."""
     dataset = _read_json(path, "ground-truth")
-    if not isinstance(dataset, dict) or not all(
-        isinstance(dataset.get(key), list) for key in ("images", "annotations", "categories")
-    ):
-        raise UserInputError(
-            f"The ground-truth file {path} is not a COCO instance file: it needs 'images', "
-            "'annotations' and 'categories' lists."
-        )
-    for image in dataset["images"]:
-        if not all(key in image for key in ("id", "height", "width")):
-            raise UserInputError(
-                f"The ground-truth file {path} has an image without 'id', 'height' and 'width': "
-                f"{str(image)[:200]}"
-            )
-        for key in ("height", "width"):
-            value = image[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                name = f" ({image['file_name']})" if "file_name" in image else ""
-                raise UserInputError(
-                    f"The ground-truth file {path}: image {image['id']}{name} has {key} "
-                    f"{json.dumps(value)}; 'height' and 'width' must be whole numbers of pixels "
-                    f"written without quotes, e.g. \"{key}\": 64."
-                )
+    check_coco_gt(dataset, path)
     coco_gt = COCO()
     coco_gt.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
+    fill_missing_areas(coco_gt)
     return coco_gt
+
+
+def fill_missing_areas(coco_gt):
+    """Give each annotation lacking ``area`` its mask's area, as COCO's files carry (COCOeval's
+    area ranges read it)."""
+    for annotation in coco_gt.dataset["annotations"]:
+        if "area" not in annotation:
+            annotation["area"] = float(mask_util.area(coco_gt.annToRLE(annotation)))
 
 
 def load_coco_results(path):
@@ -159,6 +149,16 @@ def check_coco_predictions(coco_gt, predictions):
                 f"{height}x{width} (HxW) in the ground truth; masks must be at the original "
                 "image resolution."
             )
+        counts = rle["counts"]
+        if isinstance(counts, (str, bytes)):
+            counts = compressed_counts(counts)
+        if counts is None or not all(isinstance(c, int) and c >= 0 for c in counts) \
+                or sum(counts) != height * width:
+            raise UserInputError(
+                f"{where}: its RLE counts are not runs of a {height}x{width} mask (they must be "
+                f"whole numbers >= 0 summing to {height * width}); encode masks with "
+                "pycocotools.mask.encode."
+            )
         if isinstance(rle["counts"], list):
             rle = mask_util.frPyObjects(rle, height, width)
         score = prediction["score"]
@@ -183,6 +183,30 @@ def check_coco_predictions(coco_gt, predictions):
             f"truth, e.g. {shown}. Evaluate against the ground-truth file of the predicted images."
         )
     return cleaned
+
+
+def compressed_counts(counts):
+    """The run lengths of a compressed COCO RLE ``counts`` string, as pycocotools' rleFrString
+    reads them (which trusts them: runs past the mask's end write past its buffer); None if the
+    string is not such an encoding."""
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    runs, value, shift = [], 0, 0
+    for char in counts:
+        code = ord(char) - 48
+        if not 0 <= code < 64:
+            return None
+        value |= (code & 0x1F) << shift
+        shift += 5
+        if code & 0x20:  # more 5-bit groups follow
+            continue
+        if code & 0x10:  # negative: sign-extend
+            value |= -1 << shift
+        if len(runs) > 2:  # stored as the difference to the run two back
+            value += runs[-2]
+        runs.append(value)
+        value, shift = 0, 0
+    return runs if shift == 0 else None
 
 
 def load_predictions(coco_gt, predictions):

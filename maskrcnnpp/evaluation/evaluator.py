@@ -9,6 +9,7 @@ from detectron2.utils import comm
 
 from ..data.datasets import category_ids
 from ..errors import UserInputError
+from .coco_files import fill_missing_areas
 from .metrics import check_matching_thresholds, check_score_threshold
 from .report import format_summary, save_evaluation
 from .scoring import COCO_AP_NAMES, evaluate_coco_predictions
@@ -53,6 +54,7 @@ class NucleiEvaluator(COCOEvaluator):
             )
         super().__init__(dataset_name, tasks=("bbox",), distributed=distributed,
                          output_dir=output_dir, max_dets_per_image=max_dets)
+        fill_missing_areas(self._coco_api)  # COCOeval reads them; COCO files may lack them
         if not self._metadata.get("thing_dataset_id_to_contiguous_id"):
             # set by load_coco_json when the dataset is loaded; the same mapping if it is not
             self._metadata.thing_dataset_id_to_contiguous_id = {

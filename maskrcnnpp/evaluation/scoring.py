@@ -10,6 +10,7 @@ import logging
 import math
 from typing import NamedTuple
 
+import pycocotools.mask as mask_util
 from detectron2.evaluation.coco_evaluation import COCOeval_opt, COCOevalMaxDets
 from tqdm import tqdm
 
@@ -71,12 +72,22 @@ def mask_ap(coco_eval):
     }
 
 
+# A prediction with at least this share of its area in crowd regions is ignored, as COCOeval
+# ignores a detection whose crowd IoU (intersection over the detection's area) reaches IoU 0.5.
+CROWD_SHARE = 0.5
+
+
 def _instance_maps(coco_gt, image, predictions, score_threshold):
-    """(true, predicted) label maps of one image; crowd regions are not nuclei to find."""
+    """(true, predicted) label maps of one image. Crowd regions are not nuclei to find, and the
+    predictions lying in them (``CROWD_SHARE``) are neither right nor wrong: both leave them out."""
     shape = (image["height"], image["width"])
-    annotations = [a for a in coco_gt.imgToAnns[image["id"]] if not a.get("iscrowd", 0)]
+    annotations = coco_gt.imgToAnns[image["id"]]
+    crowds = [coco_gt.annToRLE(a) for a in annotations if a.get("iscrowd", 0)]
+    if crowds and predictions:
+        shares = mask_util.iou([p["segmentation"] for p in predictions], crowds, [1] * len(crowds))
+        predictions = [p for p, share in zip(predictions, shares.max(axis=1)) if share < CROWD_SHARE]
     true_labels = instances_to_labelmap(
-        LazyRLEMasks([coco_gt.annToRLE(a) for a in annotations]), shape
+        LazyRLEMasks([coco_gt.annToRLE(a) for a in annotations if not a.get("iscrowd", 0)]), shape
     )
     pred_labels = instances_to_labelmap(
         LazyRLEMasks([p["segmentation"] for p in predictions]),
