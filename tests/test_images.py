@@ -100,3 +100,33 @@ def test_a_tiff_of_several_pages_is_refused_not_read_as_its_first(tmp_path):
     single = str(tmp_path / "single.tif")
     pages[0].save(single)
     assert read_rgb8(single).shape == (16, 16, 3)
+
+
+def test_file_names_that_are_not_utf8_are_read_and_written(tmp_path, monkeypatch):
+    # cv2.imread and cv2.imwrite crash the process (a segmentation fault) on such a name.
+    name = os.fsdecode(b"nucleus-\xff")  # a Latin-1 "ÿ" as a Linux file system may hold it
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    nucleus = np.zeros((32, 32), np.uint8)
+    nucleus[8:20, 8:20] = 1
+    cv2.imencode(".png", nucleus * 200)[1].tofile(str(images / f"{name}.png"))
+    cv2.imencode(".png", nucleus)[1].tofile(str(labels / f"{name}.png"))
+    assert read_rgb8(str(images / f"{name}.png"))[10, 10].tolist() == [200, 200, 200]
+    prepare_labelmaps(images, labels, tmp_path / "prepared", val_fraction=0)
+    written = np.fromfile(str(tmp_path / "prepared" / "images" / f"{name}.png"), np.uint8)
+    assert np.array_equal(cv2.imdecode(written, cv2.IMREAD_GRAYSCALE), nucleus * 200)
+
+    def empty_predictor(cfg):
+        return lambda bgr: {"instances": Instances(
+            bgr.shape[:2], pred_boxes=Boxes(torch.zeros(0, 4)), scores=torch.zeros(0),
+            pred_classes=torch.zeros(0, dtype=torch.long),
+            pred_masks=torch.zeros(0, *bgr.shape[:2], dtype=torch.bool))}
+
+    monkeypatch.setattr(predict_files.TiledPredictor, "from_config", empty_predictor)
+    monkeypatch.setattr(predict_files, "category_ids", lambda name: {0: 1})
+    cfg = build_cfg(os.path.join(REPO, "configs", "quickstart_synthetic.yaml"))
+    (tmp_path / "out").mkdir()
+    predict_files.predict_images(cfg, [str(images / f"{name}.png")], str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "coco_instances_results.json", f"{name}_labels.png", f"{name}_overlay.png"]

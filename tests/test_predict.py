@@ -111,6 +111,18 @@ def test_a_rerun_replaces_the_output_whole_and_only_with_overwrite(predicted, mo
     results = json.loads((output / "coco_instances_results.json").read_text())
     assert {result["file_name"] for result in results} == {"small.png"}
 
+
+@pytest.mark.parametrize("height,width", [(1, 2000), (2000, 1)])
+def test_an_image_one_pixel_thin_is_predicted(predicted, tmp_path, height, width):
+    folder = predicted[1].parent
+    cv2.imwrite(str(tmp_path / "thin.png"), np.full((height, width), 128, np.uint8))
+    argv = ["--config-file", QUICKSTART, "--weights", folder / "random_init.pth",
+            "--input", tmp_path / "thin.png", "--output", tmp_path / "out", *PREDICT_OPTS]
+    assert cli.run(load_tool("predict").main, [str(a) for a in argv]) == 0
+    labels = cv2.imread(str(tmp_path / "out" / "thin_labels.png"), cv2.IMREAD_UNCHANGED)
+    overlay = cv2.imread(str(tmp_path / "out" / "thin_overlay.png"))
+    assert labels.shape == (height, width) and overlay.shape == (height, width, 3)
+
 # tools/predict.py on a 3000x3000 image (49 tiles of 640 px, 100 detections each, every one
 # painted) must stay below this peak resident memory. Measured here: 1.0 GiB; before the masks
 # were kept as crops owning their pixels and pasted one at a time, 4.1 GiB (the tiles' whole

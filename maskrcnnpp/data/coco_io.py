@@ -66,9 +66,12 @@ def coco_dict(images, annotations, description):
 
 
 def write_rgb_png(path, image):
-    """Write an HxWx3 RGB uint8 array as PNG (OpenCV writes BGR)."""
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
-        raise OSError(f"could not write image {path}")
+    """Write an HxWx3 RGB uint8 array as PNG (OpenCV writes BGR). Encoded in memory and written
+    by numpy: cv2.imwrite crashes on a file name that is not valid UTF-8."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
+    if not ok:
+        raise OSError(f"could not encode image {path}")
+    encoded.tofile(os.fspath(path))
 
 
 def write_sample(image_dir, file_name, image, labels, image_id, first_annotation_id):

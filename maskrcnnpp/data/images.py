@@ -43,7 +43,10 @@ def read_image_file(path):
             raise UserInputError(f"Cannot read image {path}: {e}. Is the file complete?") from None
     if path.lower().endswith((".tif", ".tiff")):
         _check_single_page(path)
-    image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    # Read by numpy and decoded from memory: cv2.imread crashes the process (a segmentation
+    # fault) on a file name that is not valid UTF-8, which numpy opens as Python does.
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise UserInputError(
             f"Cannot read image {path}: it is not an image file OpenCV can decode, or it is "

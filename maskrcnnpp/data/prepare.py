@@ -293,7 +293,8 @@ def labelmap_samples(images_dir, labels_dir):
 
 def is_validation(name, val_fraction, seed):
     """Split by a hash of (seed, name): stable per image, so adding images never moves others."""
-    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes; others as before
+    digest = hashlib.sha256(f"{seed}/{name}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
 
 
