@@ -353,6 +353,9 @@ COMPARE_CASES = {
                                      "same data and schedule"),
     "output under a file": (lambda t: [(t / "file").write_text("x"), "--config-file", QUICKSTART,
                                        "--output", t / "file" / "cmp"][1:], "is a file, not a folder"),
+    "a report of other seeds": (lambda t: [(t / "earlier").mkdir(), (t / "earlier" / "compare.json").write_text(json.dumps(
+        {"configs": [{"name": "quickstart_synthetic"}], "seeds": [0, 1]})), "--config-file", QUICKSTART, "--seeds", "1", "2",
+        "--output", t / "earlier"][2:], "over seeds [0, 1]; this comparison lacks seed 0 and would replace it"),
 }
 
 

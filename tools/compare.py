@@ -254,6 +254,26 @@ def _earlier_benchmark(output_dir, names):
                         for name in names]}
 
 
+def check_earlier_report(runs, output_dir, overwrite):
+    """Refuse, unless ``overwrite``, to replace the folder's earlier compare.json by a report
+    lacking some of its configs or seeds: a comparison grows (seeds or configs added) but never
+    silently loses what it held."""
+    path = os.path.join(output_dir, "compare.json")
+    if overwrite or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        earlier = json.load(f)
+    configs = [config["name"] for config in earlier["configs"]]
+    dropped = ([name for name in configs if name not in {run.name for run in runs}]
+               + [f"seed {seed}" for seed in earlier["seeds"] if seed not in {run.seed for run in runs}])
+    if dropped:
+        raise UserInputError(
+            f"{path} compares {', '.join(configs)} over seeds {earlier['seeds']}; this comparison "
+            f"lacks {', '.join(dropped)} and would replace it. Name every earlier config and seed "
+            "again (adding others is fine), choose another --output, or pass --overwrite."
+        )
+
+
 def plan_benchmark(runs, output_dir):
     """Where the speed comparison will come from, decided before anything trains: a measurement
     of every config's trained model, or, where some config keeps no trained model, the earlier
@@ -291,7 +311,7 @@ def benchmark_settings(cfg, image_size, repeats):
 
 
 def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, jobs=1,
-            image_size=None, repeats=None):
+            image_size=None, repeats=None, overwrite=False):
     """Train (or reuse) every config x seed, benchmark the trained models, write the comparison.
 
     Args:
@@ -305,6 +325,7 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, jobs=1
             config's INPUT.MIN_SIZE_TEST, the scale its models are tested at (512 for configs
             tested at native size).
         repeats (int or None): timed inference calls per config; by default the device's.
+        overwrite (bool): replace an earlier report lacking some of this one's configs or seeds.
 
     Returns:
         dict: the report written to compare.json.
@@ -312,6 +333,7 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, jobs=1
     if jobs < 1:
         raise UserInputError(f"--jobs {jobs}: train at least 1 run at a time.")
     runs = plan_runs(config_files, list(seeds), list(opts), output_dir)
+    check_earlier_report(runs, output_dir, overwrite)
     settings = benchmark_settings(runs[0].cfg, image_size, repeats)  # checked before any training
     benchmarked, measured = plan_benchmark(runs, output_dir)
     run_results = run_all(runs, num_gpus, jobs)
@@ -346,6 +368,9 @@ def parse_args(argv):
                         "tested at native size)")
     parser.add_argument("--repeats", type=int, help="timed inference calls per config "
                         "(default: as tools/benchmark.py, per device)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier report of DIR that has configs or seeds this "
+                        "one lacks (its runs stay)")
     return cli.parse_with_overrides(parser, argv)
 
 
@@ -353,7 +378,8 @@ def main(argv):
     args = parse_args(argv)
     try:
         compare(args.config_file, args.output, args.seeds, args.opts, num_gpus=args.num_gpus,
-                jobs=args.jobs, image_size=args.image_size, repeats=args.repeats)
+                jobs=args.jobs, image_size=args.image_size, repeats=args.repeats,
+                overwrite=args.overwrite)
     except RunFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
