@@ -17,6 +17,7 @@ docs/results/predict_memory), naming the machine and how busy its other processe
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -99,6 +100,7 @@ def measure(args, weights, images, series):
     rows = []
     for size in series["sizes"]:
         output = os.path.join(args.work, f"{series['name']}-{size}")
+        shutil.rmtree(output, ignore_errors=True)  # predict.py refuses an earlier output
         print(f"{series['title']}: predicting {size}x{size} ...", flush=True)
         run = run_python_measured(
             os.path.join(series["tree"], "tools", "predict.py"),
@@ -143,8 +145,8 @@ def report_markdown(report):
     lines += [
         "The last column is how many cores the machine's other processes kept busy on average "
         f"during each run (it has {report['cpu_count']})"
-        + (f": up to {busy:.1f} here, as another process (a training) shared the CPU; absolute "
-           "times are slow and noisy, so compare s/Mpx within one table" if busy >= 0.5 else "")
+        + (f": up to {busy:.1f} here, as other processes shared the CPU; absolute times are "
+           "slow and noisy, so compare s/Mpx within one table" if busy >= 0.5 else "")
         + ". Small images spend relatively more on mirror-padded border tiles: tiles per "
         "megapixel fall from 9 at 1000² to 4.5 at 8000².", "",
     ]

@@ -2,15 +2,19 @@
 pixel for pixel as ``Visualizer(image).overlay_instances(...).get_image()`` (the tests compare
 them), in memory that does not grow with the nuclei and by a few bytes a pixel of the image.
 
-The Visualizer costs more in three places. It shows the image through matplotlib's ``imshow``,
-whose rendering resamples it through float copies (about 100 bytes a pixel: 1.7 GB for a
-4000x4000 image); here the image is drawn onto the canvas pixel for pixel, a strip of rows at a
-time, which is what that ``imshow`` renders at scale 1. Given RLEs, it decodes a full-image mask
+The Visualizer costs more in four places. It copies the image four times as it is made (0.7 GB
+for an 8000x8000 image); here it is made over one pixel and then sized (:func:`_visualizer`). It
+shows the image through matplotlib's ``imshow``, whose rendering resamples it through float
+copies (about 100 bytes a pixel: 1.7 GB for a 4000x4000 image); here the image is drawn onto the
+canvas pixel for pixel, a strip of rows at a time, which is what that ``imshow`` renders at
+scale 1. Given RLEs, it decodes a full-image mask
 per nucleus and keeps them all; here each outline is found on the nucleus' crop
 (:class:`CropOutline`). And every polygon of an outline is a matplotlib patch (10-20 kB) until
 the figure is drawn (a ragged mask has dozens); here about ``POLYGONS_PER_PASS`` are at a time,
 the canvas of one pass being the image of the next.
 """
+import gc
+
 import numpy as np
 from detectron2.utils.colormap import random_color
 from detectron2.utils.visualizer import GenericMask, Visualizer
@@ -79,14 +83,33 @@ def overlay_bgr(image_bgr, masks=None, boxes=None):
     return _drawn(image_bgr, masks=[]) if canvas is image_bgr else canvas
 
 
+def _visualizer(height, width):
+    """detectron2's Visualizer of an image of this size, as ``Visualizer(image)`` makes it but
+    without the image: built over one pixel, then sized as VisImage and Visualizer size
+    themselves (their copies of the image would be four at once, 0.7 GB at 8000 x 8000)."""
+    visualizer = Visualizer(np.zeros((1, 1, 3), dtype=np.uint8))
+    output = visualizer.output
+    output.width, output.height = width, height
+    output.fig.set_size_inches((width * output.scale + 1e-2) / output.dpi,
+                               (height * output.scale + 1e-2) / output.dpi)
+    output.ax.images[0].remove()  # ImageStrips draws the pixels
+    output.ax.set_xlim(0, width)  # the limits imshow's extent sets
+    output.ax.set_ylim(height, 0)
+    output.ax.set_autoscale_on(False)
+    output.img = visualizer.img = None  # copies overlay_instances does not read
+    visualizer._default_font_size = max(np.sqrt(height * width) // 90, 10 // output.scale)
+    return visualizer
+
+
 def _drawn(image_bgr, **instances):
     """The Visualizer's overlay_instances(**instances) over the image, rendered, as BGR."""
-    visualizer = Visualizer(image_bgr[:, :, ::-1])
-    axes = visualizer.output.ax
-    axes.set_autoscale_on(False)  # keep the limits imshow set: the image's extent
-    axes.images[0].remove()  # and its copy of the image: ImageStrips draws the pixels
-    visualizer.img = None  # a copy overlay_instances does not read
-    axes.add_artist(ImageStrips(image_bgr))
+    visualizer = _visualizer(*image_bgr.shape[:2])
+    visualizer.output.ax.add_artist(ImageStrips(image_bgr))
     canvas = visualizer.overlay_instances(**instances).canvas
     canvas.draw()
-    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, 2::-1])
+    drawn = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[:, :, 2::-1])
+    del visualizer, canvas
+    # The figure and its canvas refer to each other, so their renderer (4 bytes a pixel) would
+    # wait for the garbage collector: a pass's renderer is freed before the next pass draws.
+    gc.collect()
+    return drawn

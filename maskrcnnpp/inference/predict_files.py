@@ -15,7 +15,7 @@ from ..io_utils import atomic_path, write_json
 from .cropped_masks import CroppedMasks, labelmap
 from .overlay import overlay_bgr
 from .predict import coco_results
-from .tiling import TiledPredictor
+from .tiling import TiledPredictor, return_freed_memory
 
 RESULTS_FILE = "coco_instances_results.json"
 # A label map's file: 16-bit PNG while the nuclei fit (up to 65,535), else a 32-bit TIFF.
@@ -61,6 +61,7 @@ def save_image_outputs(path, image_bgr, results, masks, score_threshold, output_
     labels = labelmap(kept_masks, scores=[results[i]["score"] for i in kept])
     write_labels(stem, labels)
     del labels
+    return_freed_memory()  # before the overlay, the other image-sized step
     write_png(stem + "_overlay.png", overlay_bgr(image_bgr, masks=kept_masks))
     return len(kept)
 

@@ -6,10 +6,10 @@ detectron2's own call runs the mask head on every detection of the batch at once
 per detection in its 28x28x256 layers: 2.4 GB for 4 tiles of 460 detections each) and pastes
 every mask into a dense (N, tile, tile) tensor per tile (190 MB for 460 detections on a 640 px
 tile), whatever the overlap-tile merge keeps. The results are the same: the same boxes, scores
-and classes (detector_postprocess itself), and each mask pasted by paste_masks_in_image alone.
+and classes (detector_postprocess itself), and each mask as paste_masks_in_image pastes it alone.
 """
 import torch
-from detectron2.layers import paste_masks_in_image
+from detectron2.layers.mask_ops import _do_paste_mask
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.roi_heads import StandardROIHeads
@@ -44,12 +44,16 @@ class PendingMasks:
     def __len__(self):
         return len(self.boxes)
 
-    def paste(self, index):
-        """Mask ``index`` as a (1, height, width) bool tensor of the tile, as detectron2 pastes
-        it (on the CPU one mask at a time anyway)."""
-        return paste_masks_in_image(self.probabilities[index:index + 1, 0],
-                                    self.boxes[index:index + 1], self.tile_size,
-                                    threshold=MASK_THRESHOLD)
+    def paste_region(self, index):
+        """Mask ``index`` pasted as detectron2 pastes masks on the CPU (``paste_masks_in_image``,
+        one at a time, ``skip_empty``), but kept to the region it samples around its box: (bool
+        region, its left, its top) in tile pixels. The tile's mask is zero outside the region, so
+        no full-tile array is made per detection (one per nucleus, zeroed and scanned, cost most
+        of the time of a large image, and their churn fragmented the heap as it grew)."""
+        region, (rows, cols) = _do_paste_mask(self.probabilities[index:index + 1],
+                                              self.boxes[index:index + 1], *self.tile_size,
+                                              skip_empty=True)
+        return region[0] >= MASK_THRESHOLD, int(cols.start), int(rows.start)
 
     def crops(self, indices, window, x0, y0, boxes):
         """:func:`~.cropped_masks.crop_masks` of the masks ``indices``, each pasted alone and cut
@@ -58,8 +62,17 @@ class PendingMasks:
         left, top, right, bottom = window
         mask_boxes, crops = [torch.zeros((0, 4), dtype=torch.long)], []
         for row, index in enumerate(indices.tolist()):
-            mask = self.paste(index)[:, top:bottom, left:right]
-            box, crop = crop_masks(mask, boxes[row:row + 1], x0, y0)
+            region, region_left, region_top = self.paste_region(index)
+            # the region's part inside the window, and where that part starts in the image
+            cut_left, cut_top = max(region_left, left), max(region_top, top)
+            cut = region[cut_top - region_top:max(bottom - region_top, 0),
+                         cut_left - region_left:max(right - region_left, 0)]
+            if cut.numel():
+                box, crop = crop_masks(cut[None], boxes[row:row + 1],
+                                       x0 + cut_left - left, y0 + cut_top - top)
+            else:  # nothing of the region in the window: an empty crop at the box
+                box, crop = crop_masks(torch.zeros((1, 1, 1), dtype=torch.bool),
+                                       boxes[row:row + 1], x0, y0)
             mask_boxes.append(box)
             crops += crop
         return torch.cat(mask_boxes), crops

@@ -1,4 +1,5 @@
 """Overlap-tile inference (U-Net, Ronneberger et al. 2015) for images larger than a model input."""
+import ctypes
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,25 @@ from .rcnn_tiles import PendingMasks, pastes_lazily, rcnn_inference
 BORDER_MARGINS = {"mirror": 0.5, "shift": 0.0}
 # Side in pixels of the grid cells through which seam duplicates find the boxes they overlap.
 SEAM_GRID_CELL = 64
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library is not glibc (macOS, Windows, musl)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def return_freed_memory():
+    """Hand the pages the heap holds free back to the system (glibc's ``malloc_trim``). A tile
+    batch frees its temporaries when it ends, but glibc keeps them, fragmented around the crops
+    kept: without this, resident memory grew with the image, by 2.3 GB at 8000 x 8000."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def tile_starts(length, tile, overlap):
@@ -197,6 +217,7 @@ class TiledPredictor:
         with torch.no_grad():
             for first in range(0, len(tiles), self.batch_size):
                 owned += self.predict_batch(original_image, tiles[first:first + self.batch_size])
+                return_freed_memory()
         return {"instances": self.merge(owned, image_size)}
 
     def predict_batch(self, image, batch):
