@@ -12,7 +12,8 @@ configs, measured interleaved in one run, with ratios to the first config.
 Trailing KEY VALUE pairs apply to every config. Models without MODEL.WEIGHTS are measured with a
 fixed number of detections per image (--detections); see maskrcnnpp/analysis/speed.py.
 --flops-only counts parameters and FLOPs of the neck, the backbone and the whole model, without
-timing anything. --out writes the report as JSON (.json) or as the printed table (.md).
+timing anything. --data-loader N times N batches of the first config's training data loader in
+this process (one worker's work: reading, cropping, augmenting), to size the loader workers. --out writes the report as JSON (.json) or as the printed table (.md).
 """
 
 import argparse
@@ -24,10 +25,11 @@ from tqdm import tqdm
 from maskrcnnpp import cli
 from maskrcnnpp.analysis.benchmark_report import format_costs, format_speed, named_configs
 from maskrcnnpp.analysis.cost import cost_rows
+from maskrcnnpp.analysis.loader_speed import format_throughput, loader_throughput
 from maskrcnnpp.analysis.speed import DEFAULT_REPEATS, BenchmarkSettings, benchmark, benchmark_cfg
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json, write_text
-from maskrcnnpp.preflight import check_model, check_writable
+from maskrcnnpp.preflight import check_datasets, check_model, check_writable
 
 
 def device_defaults(index):
@@ -59,6 +61,9 @@ def parse_args(argv):
                         "(default: %(default)s)")
     parser.add_argument("--flops-only", action="store_true",
                         help="count parameters and FLOPs of neck, backbone and model; no timing")
+    parser.add_argument("--data-loader", type=int, metavar="BATCHES",
+                        help="time this many batches of the first config's training data loader "
+                        "(images/s per worker); no model is measured")
     parser.add_argument("--out", metavar="FILE", help="write the report as .json or .md")
     return cli.parse_with_overrides(parser, argv)
 
@@ -76,7 +81,13 @@ def main(argv):
     )
     settings.check()  # before minutes of measuring
     named = named_configs(args.config_file, args.opts)
-    if args.flops_only:
+    if args.data_loader is not None:
+        cfg = named[0][1]
+        check_datasets(cfg, cfg.DATASETS.TRAIN, train_names=cfg.DATASETS.TRAIN)
+        with tqdm(total=args.data_loader, desc="data loader", unit="batch") as progress:
+            report = loader_throughput(cfg, args.data_loader, progress)
+        table = format_throughput(report)
+    elif args.flops_only:
         with tqdm(total=len(named), desc="counting", unit="config") as progress:
             measured = [(name, benchmark_cfg(cfg, settings)) for name, cfg in named]
             for _, cfg in measured:
