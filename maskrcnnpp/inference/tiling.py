@@ -35,7 +35,8 @@ _MALLOC_TRIM = _malloc_trim()
 def return_freed_memory():
     """Hand the pages the heap holds free back to the system (glibc's ``malloc_trim``). A tile
     batch frees its temporaries when it ends, but glibc keeps them, fragmented around the crops
-    kept: without this, resident memory grew with the image, by 2.3 GB at 8000 x 8000."""
+    kept: without this, resident memory grew with the image (peak 1.41 GiB for a 2000 x 2000
+    image, 1.18 GiB with it)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
