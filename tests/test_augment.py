@@ -3,6 +3,8 @@ import cv2
 import numpy as np
 import pytest
 from detectron2.config import get_cfg
+from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from maskrcnnpp.config import add_maskrcnnpp_config
@@ -11,6 +13,7 @@ from maskrcnnpp.data.augment import (
     StainTransform,
     build_nuclei_augmentations,
     build_nuclei_train_mapper,
+    crop_window,
 )
 from maskrcnnpp.data.coco_io import encode_mask
 from maskrcnnpp.errors import UserInputError
@@ -166,3 +169,35 @@ def test_scaled_crop_of_an_image_smaller_than_the_window_keeps_it_whole(dataset_
     cfg.INPUT.NUCLEI_AUG.CROP_SIZE, cfg.INPUT.NUCLEI_AUG.SCALE_RANGE = 256, (1.0, 1.0)
     image, instances = map_once(cfg, dataset_dict, 0)
     assert image.shape[:2] == (96, 128) and len(instances) == 4
+
+
+@pytest.mark.parametrize("min_size", [(0,), (192,)])  # at native size, and after a 2x resize
+def test_decoding_only_the_nuclei_a_crop_can_hold_changes_nothing(min_size, dataset_dict):
+    """The nuclei mapper drops nuclei outside the crop window before decoding their masks: the
+    training example is exactly detectron2's, down to a crop that holds no nucleus at all."""
+    cfg = nuclei_cfg(["scaled_crop", "hflip", "elastic"])
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.NUCLEI_AUG.CROP_SIZE = min_size, 24
+    plain = DatasetMapper(cfg, is_train=True, augmentations=build_nuclei_augmentations(cfg, True),
+                          recompute_boxes=True)
+    counts = []
+    for seed in range(40):
+        image, instances = map_once(cfg, dataset_dict, seed)
+        np.random.seed(seed)
+        expected = plain(dataset_dict)
+        assert np.array_equal(image, expected["image"].numpy().transpose(1, 2, 0))
+        for field in ("gt_boxes", "gt_classes", "gt_masks"):
+            got, want = instances.get(field), expected["instances"].get(field)
+            assert np.array_equal(getattr(got, "tensor", got), getattr(want, "tensor", want))
+        counts.append(len(instances))
+    assert min(counts) == 0 and max(counts) >= 1  # some crops empty, some not: both paths taken
+
+
+@pytest.mark.parametrize("transforms, window", [
+    ([T.NoOpTransform(), T.CropTransform(10, 20, 30, 40)], (9, 19, 41, 61)),
+    ([T.ResizeTransform(50, 100, 100, 200), T.CropTransform(10, 20, 30, 40), T.HFlipTransform(40)],
+     (4, 9, 21, 31)),  # a 2x resize first: the window in the input's pixels, a pixel wider
+    ([T.HFlipTransform(100), T.CropTransform(10, 20, 30, 40)], None),  # flipped first: no window
+    ([T.NoOpTransform()], None),
+])
+def test_the_crop_window_is_found_in_the_input_image(transforms, window):
+    assert crop_window(T.TransformList(transforms)) == window

@@ -44,6 +44,20 @@ def test_benchmark_measures_two_configs_on_the_cpu(tmp_path):
     assert second["neck_flops"] > first["neck_flops"]  # the dense grid costs more than FPN
 
 
+def test_the_data_loader_is_timed_as_one_worker_on_one_thread(tmp_path):
+    out = tmp_path / "loader.json"
+    result = run_tool("benchmark.py", "--config-file", QUICKSTART, "--data-loader", "3",
+                      "--out", out, "INPUT.NUCLEI_AUG.NAMES", "['scaled_crop', 'hflip']",
+                      "INPUT.NUCLEI_AUG.CROP_SIZE", "64", "INPUT.MIN_SIZE_TRAIN", "(0,)")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["batches"] == 3 and report["images"] == 6  # IMS_PER_BATCH 2
+    assert report["torch_threads"] == 1  # as PyTorch runs each loader worker
+    assert report["images_per_second_per_worker"] == pytest.approx(6 / report["seconds"])
+    assert report["crop_size"] == 64 and report["augmentations"] == ["scaled_crop", "hflip"]
+    assert "images/s per worker process" in result.stdout
+
+
 def test_overrides_are_split_from_options_that_take_several_values():
     options, overrides = split_overrides(
         ["--config-file", "a.yaml", "B.YAML", "--out", "OUT", "SOLVER.MAX_ITER", "2", "SEED", "1"]
