@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["maskrcnnpp", "maskrcnnpp.*"]),
     # The YAML and LazyConfig configs ship inside the package (maskrcnnpp/configs links to ./configs), so the
     # model zoo finds them after a non-editable install, from any working directory.
-    package_data={"maskrcnnpp": ["configs/*.yaml", "configs/lazy/*.py"]},
+    package_data={"maskrcnnpp": ["configs/*.yaml", "configs/lazy/*.py", "napari.yaml"]},
     install_requires=[
         "numpy",
         "scipy",
@@ -27,5 +27,14 @@ setup(
         "Pillow",
     ],
     # export: ONNX files written and run by tools/export_model.py; the tests check that export too.
-    extras_require={"export": ["onnx", "onnxruntime"], "test": ["pytest", "onnx", "onnxruntime"]},
+    # napari: the napari plugin (maskrcnnpp/napari_plugin.py) with napari's default Qt binding,
+    # and pytest-qt, which napari's make_napari_viewer fixture needs to test it (tests/test_napari.py).
+    extras_require={
+        "export": ["onnx", "onnxruntime"],
+        "test": ["pytest", "onnx", "onnxruntime"],
+        "napari": ["napari[qt]>=0.9", "magicgui", "pytest-qt"],
+    },
+    # napari finds the plugin through its npe2 manifest, beside the package's __init__.py so that
+    # finding it imports nothing (the plugin module, and torch with it, loads when the widget opens).
+    entry_points={"napari.manifest": ["maskrcnnpp = maskrcnnpp:napari.yaml"]},
 )

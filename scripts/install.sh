@@ -7,6 +7,7 @@
 #   WHEELS=/path/to/wheels DETECTRON2_SOURCE=... bash scripts/install.sh   # no package index at all
 #   DETECTRON2_CUDA_OPS=1 bash scripts/install.sh   # also compile detectron2's own CUDA kernels
 #   TORCH_VERSION=2.14.1 TORCHVISION_VERSION=0.29.1 bash scripts/install.sh   # this pair, exactly
+#   EXTRAS=test bash scripts/install.sh   # the package's extras to install (default below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,11 +35,17 @@ if [ -n "${WHEELS:-}" ]; then
   PIP_FIND_LINKS=$(cd "$WHEELS" && pwd)
 fi
 offline_hint=""
+# The package's extras: test (pytest, ONNX) and napari (the napari plugin: napari and its Qt
+# binding, about a minute to install from the index). A wheel folder (scripts/download_wheels.sh,
+# the GPU kit) holds no GUI, so offline the default is test alone; EXTRAS=... chooses either way.
+extras_default=test,napari
 case "${PIP_NO_INDEX:-}" in
-  1|true|yes|on) offline_hint="
+  1|true|yes|on) extras_default=test
+    offline_hint="
   pip reads no package index here (PIP_NO_INDEX), only ${PIP_FIND_LINKS:-no wheel folder}: add the
   package pip names above to that folder (scripts/download_wheels.sh makes a complete one)." ;;
 esac
+EXTRAS=${EXTRAS:-$extras_default}
 pip_install() { "${PIP[@]}" "$@" || fail "pip install $* failed; see pip's message above.$offline_hint"; }
 
 step "python: $("$PYTHON" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
@@ -180,8 +187,8 @@ else
   pip_install --quiet opencv-python-headless
 fi
 
-# 5. This package, editable, with its dependencies (OpenCV, pycocotools, fvcore, ...) and test extras.
-step "installing maskrcnnpp (editable) with test extras"
-pip_install --quiet --no-build-isolation -e ".[test]"
+# 5. This package, editable, with its dependencies (OpenCV, pycocotools, fvcore, ...) and $EXTRAS.
+step "installing maskrcnnpp (editable) with the extras $EXTRAS"
+pip_install --quiet --no-build-isolation -e ".[$EXTRAS]"
 "$PYTHON" -c "import maskrcnnpp" || fail "maskrcnnpp does not import after installation."
 step "done"

@@ -50,20 +50,34 @@ def save_image_outputs(path, image_bgr, results, masks, score_threshold, output_
     overlay draws the boxes and which gets no label map. The label map is uint16 (PNG), or
     uint32 (TIFF) for more than 65,535 nuclei; neither it nor the overlay needs a full-image
     array per nucleus."""
-    kept = [index for index, result in enumerate(results) if result["score"] >= score_threshold]
+    scores = [result["score"] for result in results]
     stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
     if masks is None:
+        kept = kept_indices(scores, score_threshold)
         boxes = [BoxMode.convert(results[i]["bbox"], BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
                  for i in kept]
         write_png(stem + "_overlay.png", overlay_bgr(image_bgr, boxes=boxes))
         return len(kept)
-    kept_masks = masks[kept]
-    labels = labelmap(kept_masks, scores=[results[i]["score"] for i in kept])
+    labels, kept = kept_labelmap(masks, scores, score_threshold)
     write_labels(stem, labels)
     del labels
     return_freed_memory()  # before the overlay, the other image-sized step
-    write_png(stem + "_overlay.png", overlay_bgr(image_bgr, masks=kept_masks))
+    write_png(stem + "_overlay.png", overlay_bgr(image_bgr, masks=masks[kept]))
     return len(kept)
+
+
+def kept_indices(scores, score_threshold):
+    """The indices of the predictions scoring at least ``score_threshold``."""
+    return [index for index, score in enumerate(scores) if score >= score_threshold]
+
+
+def kept_labelmap(masks, scores, score_threshold):
+    """(label map, kept): the label map of the predictions scoring at least
+    ``score_threshold`` (``masks``: all predictions' :class:`CroppedMasks`, ``scores``: theirs),
+    in which label ``k + 1`` marks prediction ``kept[k]``: what tools/predict.py writes and the
+    napari plugin shows."""
+    kept = kept_indices(scores, score_threshold)
+    return labelmap(masks[kept], scores=[scores[i] for i in kept]), kept
 
 
 def predict_images(cfg, images, output_dir, intensity="percentile"):

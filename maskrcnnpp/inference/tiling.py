@@ -121,6 +121,26 @@ def tile_window(image, tile):
     return np.pad(image[y0:y1, x0:x1], padding, mode="reflect")
 
 
+def tile_settings(cfg):
+    """(tile size, overlap, batch size, mirror margin) of ``cfg.TEST.TILE``, checked."""
+    size, overlap, batch_size = cfg.TEST.TILE.SIZE, cfg.TEST.TILE.OVERLAP, cfg.TEST.TILE.BATCH_SIZE
+    if not (size > 0 and 0 <= overlap < size and batch_size > 0):
+        raise UserInputError(
+            f"TEST.TILE.SIZE={size}, OVERLAP={overlap}, BATCH_SIZE={batch_size}: need SIZE > 0, "
+            "0 <= OVERLAP < SIZE and BATCH_SIZE > 0 (OVERLAP at least the largest nucleus plus "
+            "16 pixels)."
+        )
+    border = check_choice("TEST.TILE.BORDER", cfg.TEST.TILE.BORDER, BORDER_MARGINS)
+    return size, overlap, batch_size, int(overlap * BORDER_MARGINS[border])
+
+
+def batch_count(cfg, height, width):
+    """How many tile batches (model calls) :class:`TiledPredictor` takes for an image of that
+    size: known before the model is built, for a progress bar."""
+    size, overlap, batch_size, margin = tile_settings(cfg)
+    return math.ceil(len(image_tiles(height, width, size, overlap, margin)) / batch_size)
+
+
 @dataclass
 class TileInstances:
     """The instances a tile keeps, in image coordinates, on the CPU; ``mask_boxes`` and ``crops``
@@ -187,17 +207,8 @@ class TiledPredictor:
         """``model``: a built detectron2 model, used in the mode it is in (e.g. the model being
         trained, inside detectron2's ``inference_context``); :meth:`from_config` builds one."""
         self.cfg = cfg.clone()
-        self.tile_size, self.overlap, self.batch_size = (
-            cfg.TEST.TILE.SIZE, cfg.TEST.TILE.OVERLAP, cfg.TEST.TILE.BATCH_SIZE)
-        if not (self.tile_size > 0 and 0 <= self.overlap < self.tile_size and self.batch_size > 0):
-            raise UserInputError(
-                f"TEST.TILE.SIZE={self.tile_size}, OVERLAP={self.overlap}, "
-                f"BATCH_SIZE={self.batch_size}: need SIZE > 0, 0 <= OVERLAP < SIZE and "
-                "BATCH_SIZE > 0 (OVERLAP at least the largest nucleus plus 16 pixels)."
-            )
+        self.tile_size, self.overlap, self.batch_size, self.margin = tile_settings(cfg)
         self.input_format = check_choice("INPUT.FORMAT", cfg.INPUT.FORMAT, ("RGB", "BGR"))
-        border = check_choice("TEST.TILE.BORDER", cfg.TEST.TILE.BORDER, BORDER_MARGINS)
-        self.margin = int(self.overlap * BORDER_MARGINS[border])
         self.model = model
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
@@ -210,15 +221,26 @@ class TiledPredictor:
 
     def __call__(self, original_image):
         """``original_image``: (H, W, C) array in BGR order, like DefaultPredictor's."""
+        steps = self.steps(original_image)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as end:
+                return end.value
+
+    def steps(self, original_image):
+        """:meth:`__call__` one tile batch at a time, for a progress bar (the napari plugin's):
+        yields after each of the :func:`batch_count` batches and returns the prediction."""
         if self.input_format == "RGB":
             original_image = original_image[:, :, ::-1]
         image_size = original_image.shape[:2]
         tiles = self.tiles(*image_size)
         owned = []
-        with torch.no_grad():
-            for first in range(0, len(tiles), self.batch_size):
+        for first in range(0, len(tiles), self.batch_size):
+            with torch.no_grad():
                 owned += self.predict_batch(original_image, tiles[first:first + self.batch_size])
-                return_freed_memory()
+            return_freed_memory()
+            yield
         return {"instances": self.merge(owned, image_size)}
 
     def predict_batch(self, image, batch):
