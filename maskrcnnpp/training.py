@@ -111,6 +111,17 @@ class ExactResume(HookBase):
 CONCURRENT_RUNS_ENV = "MASKRCNNPP_CONCURRENT_RUNS"
 
 
+def concurrent_run_env(jobs):
+    """The environment of one of ``jobs`` trainings run at once: each is told how many share the
+    machine (for its data-loader workers) and gets its share of the cores for torch's threads,
+    unless OMP_NUM_THREADS is set. Left on every core, two runs on 2 cores took twice as long
+    together as one after the other, their threads spinning against each other (docs/compare.md)."""
+    env = {**os.environ, CONCURRENT_RUNS_ENV: str(jobs)}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+    return env
+
+
 def data_loader_workers(cfg):
     """DATALOADER.NUM_WORKERS; -1 means the CPU cores this process may use, shared with the other
     processes of this training and with the other runs tools/compare.py --jobs trains at once

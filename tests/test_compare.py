@@ -18,7 +18,7 @@ from maskrcnnpp.analysis.comparison import ACCURACY_METRICS, summarize
 from maskrcnnpp.analysis.comparison_report import _csv_rows, _figure, format_markdown, shell_words
 from maskrcnnpp.analysis.runs import RunFailed, plan_runs
 from maskrcnnpp.errors import UserInputError
-from maskrcnnpp.training import CONCURRENT_RUNS_ENV
+from maskrcnnpp.training import CONCURRENT_RUNS_ENV, concurrent_run_env
 
 compare = load_tool("compare").compare
 
@@ -324,6 +324,20 @@ def test_jobs_train_runs_at_once_and_a_failed_run_leaves_the_others(setup, tmp_p
                           repeats=1)
     assert capsys.readouterr().out.count("finished earlier, reused") == 1
     assert report["results"][0]["num_seeds"] == 2
+
+
+@pytest.mark.parametrize("jobs, user_threads, threads", [
+    (1, None, None),  # one run: torch's own choice, all cores
+    (2, None, "8"), (6, None, "2"), (32, None, "1"),  # 16 cores shared by the runs
+    (2, "3", "3"),  # the user's OMP_NUM_THREADS stands
+])
+def test_concurrent_runs_share_the_cores_for_torch_threads(jobs, user_threads, threads, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    if user_threads:
+        monkeypatch.setenv("OMP_NUM_THREADS", user_threads)
+    env = concurrent_run_env(jobs)
+    assert env[CONCURRENT_RUNS_ENV] == str(jobs) and env.get("OMP_NUM_THREADS") == threads
 
 
 def test_jobs_must_be_at_least_one(setup, tmp_path):

@@ -43,7 +43,7 @@ from maskrcnnpp.analysis.runs import (
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json
-from maskrcnnpp.training import CONCURRENT_RUNS_ENV
+from maskrcnnpp.training import concurrent_run_env
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 POLL_SECONDS = 2.0
@@ -120,10 +120,10 @@ class TrainingChild:
         self.progress = tqdm(total=self.max_iter, desc=self.label, unit="iter", position=bar)
         self.started = time.perf_counter()
         # its own process group, so that stopping it reaches its data-loader workers too; the
-        # concurrent runs share the CPU cores for data-loader workers (training.data_loader_workers)
+        # concurrent runs share the CPU cores (training.concurrent_run_env)
         self.child = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_dies_with_this_process(), env={**os.environ, CONCURRENT_RUNS_ENV: str(jobs)},
+            preexec_fn=_dies_with_this_process(), env=concurrent_run_env(jobs),
         )
 
     def poll(self):
