@@ -13,7 +13,8 @@ Trailing KEY VALUE pairs apply to every config. Models without MODEL.WEIGHTS are
 fixed number of detections per image (--detections); see maskrcnnpp/analysis/speed.py.
 --flops-only counts parameters and FLOPs of the neck, the backbone and the whole model, without
 timing anything. --data-loader N times N batches of the first config's training data loader in
-this process (one worker's work: reading, cropping, augmenting), to size the loader workers. --out writes the report as JSON (.json) or as the printed table (.md).
+this process (one worker's work on one thread: reading, cropping, augmenting), to size the
+loader workers. --out writes the report as JSON (.json) or as the printed table (.md).
 """
 
 import argparse

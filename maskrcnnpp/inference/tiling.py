@@ -222,11 +222,11 @@ class TiledPredictor:
     def __call__(self, original_image):
         """``original_image``: (H, W, C) array in BGR order, like DefaultPredictor's."""
         steps = self.steps(original_image)
-        while True:
-            try:
+        try:
+            while True:
                 next(steps)
-            except StopIteration as end:
-                return end.value
+        except StopIteration as end:  # the generator's return value: the prediction
+            return end.value
 
     def steps(self, original_image):
         """:meth:`__call__` one tile batch at a time, for a progress bar (the napari plugin's):
