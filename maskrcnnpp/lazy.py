@@ -9,13 +9,14 @@ configs/lazy/maskrcnnpp_R50.py; overrides are ``key=value`` strings (``train.max
 import os
 
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
+from detectron2.engine import default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from .checkpoint import NucleiCheckpointer
 from .errors import TrainingDiverged, UserInputError
+from .training import step_trainer
 
 # What detectron2's lazyconfig_train_net.py reads from a config.
 REQUIRED_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
@@ -97,7 +98,7 @@ def train_lazy(cfg, resume=False):
     optimizer = instantiate_or_explain(cfg.optimizer, "optimizer")
     train_loader = instantiate_or_explain(cfg.dataloader.train, "dataloader.train")
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    trainer = step_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled, device=cfg.train.device)
     _stop_on_divergence(trainer, cfg)
     checkpointer = NucleiCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([

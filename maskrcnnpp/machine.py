@@ -79,6 +79,17 @@ def cuda_unavailable_reason(torch):
     )
 
 
+def cpu_bfloat16_missing_reason(torch):
+    """Why this CPU cannot run bfloat16 autocast at speed, or None where it can: oneDNN's
+    bfloat16 kernels need AVX512-BF16 or AMX (without them torch emulates bfloat16, slower than
+    float32)."""
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    capability = torch.backends.cpu.get_cpu_capability()
+    return (f"this CPU ({capability}) lacks the bfloat16 instructions (AVX512-BF16 or AMX) that "
+            "CPU mixed precision needs")
+
+
 def describe(torch, device="cpu"):
     """The facts a measurement on ``device`` should be published with."""
     facts = {

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, HookBase, defaults
+from detectron2.engine import AMPTrainer, DefaultTrainer, HookBase, SimpleTrainer, defaults
 from detectron2.utils import comm
 
 from .checkpoint import NucleiCheckpointer
+from .device import autocast_dtype
 from .data.augment import build_nuclei_train_mapper
 from .errors import TrainingDiverged
 from .evaluation import NucleiEvaluator
@@ -122,6 +123,47 @@ def concurrent_run_env(jobs):
     return env
 
 
+@contextlib.contextmanager
+def autocast_forward(module, device_type):
+    """Inside this block, ``module``'s forward calls (the model and its losses) run under
+    autocast to ``device_type``'s mixed-precision type, and nothing else does: the backward pass
+    and optimizer step that follow run outside it, as PyTorch advises."""
+    contexts = []
+
+    def enter(module, args):
+        contexts.append(torch.autocast(device_type, dtype=autocast_dtype(device_type)))
+        contexts[-1].__enter__()
+
+    def leave(module, args, output):
+        contexts.pop().__exit__(None, None, None)
+
+    handles = [module.register_forward_pre_hook(enter),
+               module.register_forward_hook(leave, always_call=True)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+class BFloat16CPUTrainer(SimpleTrainer):
+    """detectron2's training step with the forward pass under bfloat16 autocast on the CPU, where
+    detectron2's AMPTrainer (float16, CUDA only) cannot run; bfloat16 needs no gradient scaling."""
+
+    def run_step(self):
+        with autocast_forward(self.model, "cpu"):
+            super().run_step()
+
+
+def step_trainer(model, data_loader, optimizer, *, amp, device):
+    """The detectron2 trainer for a run's precision: SimpleTrainer in float32, AMPTrainer (float16)
+    on a GPU, BFloat16CPUTrainer on a CPU."""
+    if not amp:
+        return SimpleTrainer(model, data_loader, optimizer)
+    cls = BFloat16CPUTrainer if device == "cpu" else AMPTrainer
+    return cls(model, data_loader, optimizer)
+
+
 def data_loader_workers(cfg):
     """DATALOADER.NUM_WORKERS; -1 means the CPU cores this process may use, shared with the other
     processes of this training and with the other runs tools/compare.py --jobs trains at once
@@ -135,7 +177,14 @@ def data_loader_workers(cfg):
 class Trainer(DefaultTrainer):
     """detectron2's DefaultTrainer with nuclei augmentations, an evaluation of the model as
     tools/predict.py runs it, scored by NucleiEvaluator (box and mask AP, nuclei metrics), and
-    checkpoints that load safely and are written whole (NucleiCheckpointer)."""
+    checkpoints that load safely and are written whole (NucleiCheckpointer), and mixed precision
+    on the CPU in bfloat16 (SOLVER.AMP.ENABLED; see step_trainer)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        step = self._trainer  # DefaultTrainer's choice knows CUDA's float16 only
+        self._trainer = step_trainer(step.model, step.data_loader, step.optimizer,
+                                     amp=cfg.SOLVER.AMP.ENABLED, device=cfg.MODEL.DEVICE)
 
     def build_hooks(self):
         # DefaultTrainer made its checkpointer just before; replace it before the hooks take it.

@@ -36,6 +36,23 @@ def restore_logging_handlers():
         logger.handlers[:] = handlers
 
 
+NO_BFLOAT16 = "this CPU (AVX2) lacks the bfloat16 instructions (AVX512-BF16 or AMX) that CPU mixed precision needs"
+
+
+@pytest.fixture
+def cpu_without_bfloat16(monkeypatch):
+    """This CPU, as one that lacks bfloat16 instructions, whatever it has (the reason given is
+    the one such a CPU gets)."""
+    monkeypatch.setattr("maskrcnnpp.device.cpu_bfloat16_missing_reason", lambda torch: NO_BFLOAT16)
+
+
+@pytest.fixture
+def cpu_with_bfloat16(monkeypatch):
+    """This CPU, as one with bfloat16 instructions (torch emulates them where it lacks them:
+    slower, computed the same)."""
+    monkeypatch.setattr("maskrcnnpp.device.cpu_bfloat16_missing_reason", lambda torch: None)
+
+
 @pytest.fixture(scope="session")
 def tiny_nuclei(tmp_path_factory):
     """A 4-image synthetic COCO set, and the command-line options that register and use it."""

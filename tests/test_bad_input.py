@@ -214,17 +214,25 @@ def test_train_net(case, tiny_nuclei, weights, tmp_path, capsys):
 @no_gpu
 @pytest.mark.parametrize("opts, message", [
     (["MODEL.DEVICE", "cuda"], "MODEL.DEVICE='cuda' needs a GPU, but no GPU is visible here"),
-    (["SOLVER.AMP.ENABLED", "True"], "runs on a GPU only"),
+    (["SOLVER.AMP.ENABLED", "True"], "which on the CPU is bfloat16 autocast, but this CPU (AVX2) "
+     "lacks the bfloat16 instructions (AVX512-BF16 or AMX) that CPU mixed precision needs. Drop "
+     "the override to train in float32, or run on a GPU (MODEL.DEVICE cuda)."),
 ])
-def test_train_net_without_a_gpu(opts, message, tiny_nuclei, tmp_path, capsys):
+def test_train_net_without_a_gpu(opts, message, tiny_nuclei, tmp_path, capsys, cpu_without_bfloat16):
     assert_one_clear_error(train_net.main, train(tmp_path, *tiny_nuclei["opts"], *opts), message,
                            capsys, untouched=[tmp_path / "out"])
 
 
-def test_the_gpu_recipe_falls_back_to_float32_on_a_machine_without_a_gpu():
+@no_gpu
+def test_the_gpu_recipe_falls_back_to_float32_on_a_cpu_without_bfloat16(cpu_without_bfloat16):
     cfg = build_cfg(os.path.join(REPO, "configs", "maskrcnnpp_R50.yaml"))
-    expected = ("cuda", True) if torch.cuda.is_available() else ("cpu", False)
-    assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == expected
+    assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == ("cpu", False)
+
+
+@no_gpu
+def test_the_gpu_recipe_keeps_mixed_precision_on_a_cpu_with_bfloat16(cpu_with_bfloat16):
+    cfg = build_cfg(os.path.join(REPO, "configs", "maskrcnnpp_R50.yaml"))
+    assert (cfg.MODEL.DEVICE, cfg.SOLVER.AMP.ENABLED) == ("cpu", True)
 
 
 # --- predict --------------------------------------------------------------------------------------
@@ -369,12 +377,13 @@ def test_compare(case, tmp_path, capsys):
 BENCHMARK_CASES = {
     "report of another format": (["--out", "{t}/report.txt"], ".json or .md"),
     "image too small": (["--image-size", "16"], "image_size=16 is too small"),
-    "amp on the cpu": (["--device", "cpu", "--amp"], "runs on a GPU only"),
+    "amp on a cpu without bfloat16": (["--device", "cpu", "--amp"], "amp True asks for mixed "
+                                      "precision, which on the CPU is bfloat16 autocast, but this CPU"),
 }
 
 
 @pytest.mark.parametrize("case", BENCHMARK_CASES, ids=str)
-def test_benchmark(case, tmp_path, capsys):
+def test_benchmark(case, tmp_path, capsys, cpu_without_bfloat16):
     options, message = BENCHMARK_CASES[case]
     argv = ["--config-file", QUICKSTART, *[o.format(t=tmp_path) for o in options]]
     assert_one_clear_error(benchmark.main, argv, message, capsys, untouched=[tmp_path / "report.txt"])

@@ -71,11 +71,11 @@ def test_overrides_are_split_from_options_that_take_several_values():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (BenchmarkSettings(amp=True), "runs on a GPU only"),
+        (BenchmarkSettings(amp=True), "lacks the bfloat16 instructions"),
         (BenchmarkSettings(repeats=0), "repeats=0 is too small"),
         (BenchmarkSettings(device="tpu"), "device='tpu' is not valid"),
     ],
 )
-def test_bad_settings_are_explained(settings, message):
+def test_bad_settings_are_explained(settings, message, cpu_without_bfloat16):
     with pytest.raises(UserInputError, match=message):
         settings.check()

@@ -89,11 +89,13 @@ def test_a_bad_option_gets_the_same_message_as_in_yaml(override, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
 @pytest.mark.parametrize("overrides,message", [
     (["train.device=cuda"], "train.device='cuda' needs a GPU, but no GPU is visible here"),
-    (["train.amp.enabled=True"], "train.amp.enabled True asks for mixed precision (float16 "
-     "autocast), which runs on a GPU only, and this run is on the CPU. Drop the override, or run "
-     "on a GPU (train.device cuda)."),
+    (["train.amp.enabled=True"], "train.amp.enabled True asks for mixed precision, which on the "
+     "CPU is bfloat16 autocast, but this CPU (AVX2) lacks the bfloat16 instructions (AVX512-BF16 or "
+     "AMX) that CPU mixed precision needs. Drop the override to train in float32, or run on a GPU "
+     "(train.device cuda)."),
 ])
-def test_a_device_or_precision_this_machine_lacks_is_refused_before_the_model_builds(overrides, message):
+def test_a_device_or_precision_this_machine_lacks_is_refused_before_the_model_builds(
+        overrides, message, cpu_without_bfloat16):
     with pytest.raises(UserInputError, match=re.escape(message)):
         check_lazy_inputs(load_lazy_config(os.path.join(LAZY, "maskrcnnpp_R50.py"), overrides))
 

@@ -50,7 +50,8 @@ def parse_args(argv):
     parser.add_argument("--image-size", type=int, default=defaults.image_size,
                         help="side of the square synthetic input (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--amp", action="store_true", help="float16 autocast (CUDA)")
+    parser.add_argument("--amp", action="store_true",
+                        help="autocast: float16 on a GPU, bfloat16 on a CPU with bfloat16 instructions")
     parser.add_argument("--warmup", type=int, help="untimed calls per model before timing "
                         f"(default: {device_defaults(0)})")
     parser.add_argument("--repeats", type=int, help="timed inference calls per model "

@@ -58,12 +58,19 @@ def format_speed(report):
     settings, machine = report["settings"], report["machine"]
     title = (
         f"{settings['image_size']}x{settings['image_size']} px, batch {settings['batch_size']}, "
-        f"{machine['device']}{' AMP' if settings['amp'] else ''} (torch {machine['torch']}); "
+        f"{machine['device']}{_precision(settings)} (torch {machine['torch']}); "
         f"medians of {settings['repeats']} inference calls and {settings['train_repeats']} "
         f"training steps after {settings['warmup']} warm-up, measured interleaved. Memory: "
         f"{report['memory_method']}."
     )
     return title + "\n\n" + tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+def _precision(settings):
+    """How the models computed: float32, or autocast to the device's mixed-precision type."""
+    if not settings["amp"]:
+        return ""
+    return " bfloat16 autocast" if settings["device"] == "cpu" else " float16 autocast (AMP)"
 
 
 def format_costs(report):

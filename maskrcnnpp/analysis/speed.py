@@ -5,7 +5,8 @@ that the noise of a shared machine hits all of them alike, and the report gives 
 first config. Every model sees the same deterministic synthetic scenes
 (:func:`maskrcnnpp.data.synthetic.render_scene`), fed at ``image_size`` x ``image_size`` without
 test-time resizing. On a GPU, cuDNN picks its fastest algorithms for that one size first
-(``cudnn.benchmark``), and ``--amp`` runs the models under float16 autocast.
+(``cudnn.benchmark``), and ``--amp`` runs the models under autocast: float16 on a GPU, bfloat16
+on a CPU that has bfloat16 instructions.
 
 Detections: a model with random weights keeps a random number of detections, and the mask head's
 cost grows with it. A config without ``MODEL.WEIGHTS`` is therefore measured with exactly
@@ -31,6 +32,7 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
 from ..checkpoint import load_weights
+from ..device import autocast_dtype, check_amp
 from ..data.synthetic import render_scene
 from ..errors import UserInputError, check_choice
 from ..machine import cuda_unavailable_reason
@@ -68,7 +70,7 @@ class BenchmarkSettings:
     device: str = "cpu"
     image_size: int = 512
     batch_size: int = 1
-    amp: bool = False  # float16 autocast (CUDA only)
+    amp: bool = False  # autocast: float16 on a GPU, bfloat16 on a CPU with bfloat16 instructions
     warmup: int = None  # untimed calls per model before each timed phase
     repeats: int = None  # timed inference calls per model
     train_repeats: int = None  # timed training steps per model; 0 skips training
@@ -87,11 +89,7 @@ class BenchmarkSettings:
                 f"Measuring on device 'cuda' needs a GPU, but {cuda_unavailable_reason(torch)}. "
                 "Measure on the CPU (device 'cpu')."
             )
-        if self.amp and self.device != "cuda":
-            raise UserInputError(
-                "amp measures float16 autocast, which runs on a GPU only: measure on device "
-                "'cuda', or without amp on the CPU."
-            )
+        check_amp(self.amp, self.device, "amp", "device")
         for name, minimum in (("image_size", 32), ("batch_size", 1), ("warmup", 0),
                               ("repeats", 1), ("train_repeats", 0), ("detections", 1)):
             value = getattr(self, name)
@@ -170,7 +168,7 @@ def _synchronize(device):
 
 def _autocast(settings):
     if settings.amp:
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(settings.device, dtype=autocast_dtype(settings.device))
     return contextlib.nullcontext()
 
 
@@ -221,7 +219,8 @@ def _prepare_training(subject, settings):
     subject.optimizer = build_optimizer(subject.cfg, subject.train_model)
     for group in subject.optimizer.param_groups:
         group["lr"] = 0.0
-    subject.scaler = torch.amp.GradScaler(settings.device, enabled=settings.amp)
+    # bfloat16 (the CPU) keeps float32's exponent range: only float16 needs its gradients scaled.
+    subject.scaler = torch.amp.GradScaler(settings.device, enabled=settings.amp and settings.device == "cuda")
 
 
 def _round_robin(subjects, rounds, progress, phase, call):
