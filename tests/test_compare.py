@@ -254,6 +254,24 @@ def test_a_box_only_detector_is_compared_on_box_ap(setup, tmp_path):
     _figure(report)  # box AP for both
 
 
+def test_the_figure_shows_every_seed_and_the_paired_interval(setup, tmp_path):
+    # FPN 30, 31, 32 and dense 31, 33, 32 mask AP over seeds 0-2: differences 1, 2, 0, mean 1,
+    # sd 1, 95 % CI 1 -+ t(0.975, 2) / sqrt(3) = 1 -+ 4.303 / 1.732 = -1.48 to +3.48.
+    runs = plan_runs(setup["configs"], [0, 1, 2], setup["opts"], tmp_path)
+    mask_ap = {("quickstart_synthetic", 0): 30.0, ("quickstart_synthetic", 1): 31.0,
+               ("quickstart_synthetic", 2): 32.0, ("quickstart_synthetic_dense", 0): 31.0,
+               ("quickstart_synthetic_dense", 1): 33.0, ("quickstart_synthetic_dense", 2): 32.0}
+    report = summarize(runs, *fake_results(runs, lambda index, run: {
+        key: mask_ap[run.name, run.seed] for key, _, _ in ACCURACY_METRICS}))
+    panels = {axes.get_title(): axes for axes in _figure(report).axes}
+    seeds = panels["mask AP of every seed (lines join a seed's runs)"]
+    points = sorted(tuple(xy) for collection in seeds.collections for xy in collection.get_offsets())
+    assert points == [(0, 30), (0, 31), (0, 32), (1, 31), (1, 32), (1, 33)]
+    assert len(seeds.lines) == 3  # one line per seed joins its two runs
+    differences = panels["paired differences: each seed, mean and 95 % CI"]
+    assert [text.get_text() for text in differences.texts] == ["+1.00 [-1.48, +3.48]"]
+
+
 def processes_naming(folder):
     """The ids of the processes whose command line names ``folder`` (from /proc)."""
     found = []

@@ -119,7 +119,7 @@ def format_markdown(report):
             for kind, values in row["mean_by_type"].items()
         ]
         lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
-    lines += ["", "![accuracy, speed and training curves](compare.png)", ""]
+    lines += ["", "![accuracy, speed, training curves and every seed](compare.png)", ""]
     return "\n".join(lines)
 
 
@@ -139,17 +139,20 @@ def _csv_rows(report):
 
 
 def _figure(report):
-    """Accuracy against inference time (error bars: std over seeds, latency quartiles), and the
-    training-loss and validation-AP curves of every run."""
-    figure = Figure(figsize=(16, 4.8), layout="constrained")
-    accuracy, loss, evaluation = figure.subplots(1, 3)
+    """Top: accuracy against inference time (error bars: std over seeds, latency quartiles), and
+    the training-loss and validation curves of every run. Bottom: every seed's accuracy, a line
+    joining each seed's runs (the seeds pair the configs), and each config's per-seed difference
+    to the first with the mean and its 95 % confidence interval."""
+    figure = Figure(figsize=(16, 9.6), layout="constrained")
+    axes = figure.subplot_mosaic([["accuracy", "loss", "evaluation"],
+                                  ["seeds", "seeds", "differences"]])
     metric = report["figure_metric"]
     title = {key: title for key, title, _ in ACCURACY_METRICS}[metric]
     for index, row in enumerate(report["results"]):
         color = f"C{index}"
         latency = row["latency_ms"]
         if row["mean"][metric] is not None:
-            accuracy.errorbar(
+            axes["accuracy"].errorbar(
                 row["ms_per_image"], row["mean"][metric], yerr=row["std"][metric] or 0,
                 xerr=[[row["ms_per_image"] - latency["p25"]],
                       [latency["p75"] - row["ms_per_image"]]],
@@ -158,17 +161,53 @@ def _figure(report):
         for number, run in enumerate(row["runs"]):
             label = row["config"] if number == 0 else None
             if run["loss_curve"]:
-                loss.plot(*zip(*run["loss_curve"]), ".-", markersize=3, color=color, alpha=0.7,
-                          label=label)
+                axes["loss"].plot(*zip(*run["loss_curve"]), ".-", markersize=3, color=color,
+                                  alpha=0.7, label=label)
             if run["eval_curve"]:
-                evaluation.plot(*zip(*run["eval_curve"]), "o-", color=color, alpha=0.7, label=label)
-    accuracy.set(xlabel="inference ms / image", ylabel=title, title=f"{title} against speed")
-    loss.set(xlabel="iteration", ylabel="total loss", title="training loss")
-    evaluation.set(xlabel="iteration", ylabel=title, title=f"validation {title}")
-    for axes in (accuracy, loss, evaluation):
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
+                axes["evaluation"].plot(*zip(*run["eval_curve"]), "o-", color=color, alpha=0.7,
+                                        label=label)
+    _plot_seeds(axes["seeds"], axes["differences"], report, metric, title)
+    axes["accuracy"].set(xlabel="inference ms / image", ylabel=title, title=f"{title} against speed")
+    axes["loss"].set(xlabel="iteration", ylabel="total loss", title="training loss")
+    axes["evaluation"].set(xlabel="iteration", ylabel=title, title=f"validation {title}")
+    for name in ("accuracy", "loss", "evaluation"):
+        axes[name].legend(fontsize="small")
+    for panel in axes.values():
+        panel.grid(alpha=0.3)
     return figure
+
+
+def _plot_seeds(seeds_axes, differences_axes, report, metric, title):
+    rows = report["results"]
+    names = [row["config"] for row in rows]
+    by_seed = [{run["seed"]: run["metrics"].get(metric) for run in row["runs"]} for row in rows]
+    for seed in report["seeds"]:
+        points = [(x, values[seed]) for x, values in enumerate(by_seed)
+                  if values.get(seed) is not None]
+        seeds_axes.plot(*zip(*points), "-", color="grey", alpha=0.4, zorder=1)
+        for x, value in points:
+            seeds_axes.scatter(x, value, color=f"C{x}", zorder=2)
+            seeds_axes.annotate(f"seed {seed}", (x, value), xytext=(6, 0),
+                                textcoords="offset points", fontsize="x-small", va="center")
+    seeds_axes.set_xticks(range(len(names)), names)
+    seeds_axes.set(ylabel=title, title=f"{title} of every seed (lines join a seed's runs)")
+    for x, (row, values) in enumerate(zip(rows[1:], by_seed[1:]), start=1):
+        test = (row.get("paired_t_test") or {}).get(metric) or {}
+        if test.get("ci95") is None:
+            continue
+        differences = [values[seed] - by_seed[0][seed] for seed in report["seeds"]]
+        differences_axes.scatter([x] * len(differences), differences, color=f"C{x}", alpha=0.6)
+        (low, high), mean = test["ci95"], test["mean_difference"]
+        differences_axes.errorbar(x + 0.15, mean, yerr=[[mean - low], [high - mean]], fmt="D",
+                                  color="black", capsize=5)
+        differences_axes.annotate(f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]", (x + 0.15, high),
+                                  xytext=(0, 4), textcoords="offset points", ha="center",
+                                  fontsize="small")
+    differences_axes.axhline(0, color="grey", linewidth=1)
+    differences_axes.set_xticks(range(1, len(names)), names[1:])
+    differences_axes.set_xlim(0.5, max(1.5, len(names) - 0.5))
+    differences_axes.set(ylabel=f"{title} minus {names[0]}'s",
+                         title="paired differences: each seed, mean and 95 % CI")
 
 
 def write_comparison(report, output_dir):
