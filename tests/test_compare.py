@@ -20,7 +20,8 @@ from maskrcnnpp.analysis.runs import RunFailed, plan_runs
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.training import CONCURRENT_RUNS_ENV, concurrent_run_env
 
-compare = load_tool("compare").compare
+compare_tool = load_tool("compare")
+compare = compare_tool.compare
 
 QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic.yaml")
 DENSE_QUICKSTART = os.path.join(REPO, "configs", "quickstart_synthetic_dense.yaml")
@@ -181,6 +182,21 @@ def test_finished_runs_without_checkpoints_or_an_earlier_benchmark_are_refused_f
                        r"quickstart_synthetic_dense are finished but none keeps its "
                        r"model_final.pth .*Add a seed \(--seeds \.\.\. N\)"):
         compare(setup["configs"], tmp_path, [0], setup["opts"])
+
+
+def test_runs_train_seed_by_seed_so_a_stopped_comparison_leaves_whole_seeds(setup, tmp_path, monkeypatch):
+    runs = plan_runs(setup["configs"], [0, 1, 2], setup["opts"], tmp_path)
+    order = []
+
+    def record(pending, total, num_gpus, jobs, curve_metric):
+        order.extend((position, run.name, run.seed) for position, run in pending)
+        return {run.output_dir: {} for _, run in pending}, []
+
+    monkeypatch.setattr(compare_tool, "train_runs", record)
+    compare_tool.run_all(runs, num_gpus=1)
+    assert order == [(1, "quickstart_synthetic", 0), (4, "quickstart_synthetic_dense", 0),
+                     (2, "quickstart_synthetic", 1), (5, "quickstart_synthetic_dense", 1),
+                     (3, "quickstart_synthetic", 2), (6, "quickstart_synthetic_dense", 2)]
 
 
 def test_the_comparison_sets_seeds_itself(setup, tmp_path):

@@ -6,11 +6,12 @@
 
 Trailing KEY VALUE pairs apply to every run. Each config and seed trains in its own
 tools/train_net.py process into DIR/runs/<config>/seed<s> (see maskrcnnpp/analysis/runs.py), one
-after the other, or --jobs N at once on one device (they share its memory and the CPU cores of
-their data loaders); a failed run is reported and the others go on. A killed comparison loses
-at most the runs in progress: calling the command again reuses finished runs and resumes the
-others from their last checkpoint. Then the trained
-models are benchmarked interleaved, and DIR/compare.md, .csv, .json and .png are written: mean +-
+after the other, seed by seed (every config's first seed, then the next), or --jobs N at once on
+one device (they share its memory and the CPU cores of their data loaders); a failed run is
+reported and the others go on. A killed comparison loses at most the runs in progress: calling
+the command again reuses finished runs and resumes the others from their last checkpoint, and
+the seeds it finished already make a report with fewer --seeds. Then the trained models are
+benchmarked interleaved, and DIR/compare.md, .csv, .json and .png are written: mean +-
 std over seeds, costs, paired t-tests against the first config, accuracy against speed, curves.
 A model that predicts boxes only (RetinaNet, MODEL.MASK_ON False) has box AP and no mask metrics:
 they show as n/a, and box AP is then the accuracy plotted.
@@ -207,8 +208,12 @@ def run_all(runs, num_gpus, jobs=1):
             except RunFailed:
                 reused[run.output_dir] = stored
             write_json(reused[run.output_dir], run.path(RESULT_FILE), indent=2)
-    pending = [(position, run) for position, run in enumerate(runs, start=1)
-               if run.output_dir not in reused]
+    # Seed by seed (every config's first seed, then the next): a comparison stopped part-way
+    # leaves whole seeds, which a report over fewer --seeds already pairs.
+    seeds = list(dict.fromkeys(run.seed for run in runs))
+    pending = sorted(((position, run) for position, run in enumerate(runs, start=1)
+                      if run.output_dir not in reused),
+                     key=lambda pair: (seeds.index(pair[1].seed), pair[0]))
     trained, failures = train_runs(pending, len(runs), num_gpus, jobs, curve_metric)
     if failures:
         raise RunFailed(f"{len(failures)} of {len(pending)} runs failed; the others are kept, and "
