@@ -14,7 +14,7 @@ MASK_AP = {1999: 30.0, 3999: 40.0, 5999: 44.2, 7999: 45.0}
 
 def write_run(folder, evaluations=MASK_AP, test=("dsb2018_val",)):
     folder.mkdir()
-    (folder / "config.yaml").write_text(f"DATASETS:\n  TEST: {list(test)}\n")
+    (folder / "config.yaml").write_text(f"DATASETS:\n  TEST: {list(test)}\nSOLVER:\n  STEPS: [5000, 9000]\n")
     prefix = "" if len(test) == 1 else f"{test[0]}/"
     lines = []
     for iteration in range(19, 8000, 20):
@@ -61,7 +61,9 @@ def test_the_tool_writes_the_curve_and_keeps_the_training_log(tmp_path, capsys):
                if line.startswith("| 6000 "))
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
         "6000", "44.20", "0.884", "0.442", "0.552", "0.700"]
-    assert json.loads((out / "curve.json").read_text())["converged_step"] == 6000
+    assert "The learning rate drops at steps 5000, 9000 (SOLVER.STEPS)." in (out / "curve.md").read_text()
+    summary = json.loads((out / "curve.json").read_text())
+    assert (summary["converged_step"], summary["lr_drops"]) == (6000, [5000, 9000])
 
 
 @pytest.mark.parametrize("case,message", [

@@ -18,6 +18,7 @@ import shutil
 from maskrcnnpp import cli
 from maskrcnnpp.analysis.training_curve import (
     DEFAULT_TOLERANCE,
+    lr_drops,
     read_curve,
     summarize_curve,
     write_curve,
@@ -48,7 +49,7 @@ def main(argv):
             os.path.abspath(args.out) == os.path.abspath(args.run)):
         raise UserInputError(f"--out {args.out} lies in the run folder {args.run}; choose a "
                              "folder outside it.")
-    curve = summarize_curve(read_curve(args.run), args.tolerance)
+    curve = summarize_curve(read_curve(args.run), args.tolerance, lr_drops(args.run))
     check_writable(args.out, "--out")
     name = os.path.basename(os.path.normpath(args.run))
     write_curve(name, curve, args.out, args.machine)

@@ -51,6 +51,13 @@ def read_curve(run_dir):
     return points
 
 
+def lr_drops(run_dir):
+    """The steps at which the run's learning rate drops (its SOLVER.STEPS), for the figure."""
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        solver = yaml.safe_load(f).get("SOLVER") or {}
+    return [int(step) for step in solver.get("STEPS") or ()]
+
+
 def converged_step(points, tolerance=DEFAULT_TOLERANCE, metric="mask_AP"):
     """The first evaluated step whose ``metric`` is within ``tolerance`` of the curve's best: the
     shortest schedule that reaches where the curve flattens (as far as the run went)."""
@@ -58,9 +65,9 @@ def converged_step(points, tolerance=DEFAULT_TOLERANCE, metric="mask_AP"):
     return next(point["iteration"] for point in points if point[metric] >= best - tolerance)
 
 
-def summarize_curve(points, tolerance=DEFAULT_TOLERANCE):
+def summarize_curve(points, tolerance=DEFAULT_TOLERANCE, lr_drop_steps=()):
     best = max(points, key=lambda point: point["mask_AP"])
-    return {"points": points, "tolerance_mask_AP": tolerance,
+    return {"points": points, "tolerance_mask_AP": tolerance, "lr_drops": list(lr_drop_steps),
             "best": best, "converged_step": converged_step(points, tolerance)}
 
 
@@ -76,7 +83,9 @@ def format_curve_markdown(name, curve, machine=""):
         tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True), "",
         f"Best mask AP {best['mask_AP']:.2f} at step {best['iteration']}; the first step within "
         f"{curve['tolerance_mask_AP']:g} mask AP of it: **{curve['converged_step']}** (as far as "
-        f"the run went: {curve['points'][-1]['iteration']} steps).", "",
+        f"the run went: {curve['points'][-1]['iteration']} steps)."
+        + (f" The learning rate drops at steps {', '.join(map(str, curve['lr_drops']))} "
+           "(SOLVER.STEPS)." if curve["lr_drops"] else ""), "",
         "![the curve](curve.png)", "",
     ])
 
@@ -86,6 +95,8 @@ def curve_figure(name, curve):
     for axes, (key, title, _) in zip(figure.subplots(1, len(CURVE_METRICS)), CURVE_METRICS):
         steps = [point["iteration"] for point in curve["points"]]
         axes.plot(steps, [point[key] for point in curve["points"]], "o-")
+        for number, drop in enumerate(step for step in curve["lr_drops"] if step <= steps[-1]):
+            axes.axvline(drop, color="C3", linestyle=":", label="LR drop" if number == 0 else None)
         if key == "mask_AP":
             axes.axvline(curve["converged_step"], color="grey", linestyle="--",
                          label=f"within {curve['tolerance_mask_AP']:g} AP of the best")
