@@ -64,8 +64,10 @@ def resolve_device(cfg, device_chosen, amp_typed):
             check_amp(True, "cpu", "SOLVER.AMP.ENABLED", "MODEL.DEVICE")
         cfg.SOLVER.AMP.ENABLED = False
     if fell_back or on_cpu_amp:
-        precision = " in float32 (SOLVER.AMP.ENABLED False: no bfloat16 instructions)" if amp_dropped \
-            else " in bfloat16 autocast (SOLVER.AMP.ENABLED)" if on_cpu_amp else ""
+        precision = ""
+        if on_cpu_amp:
+            precision = (" in float32 (SOLVER.AMP.ENABLED False: no bfloat16 instructions)"
+                         if amp_dropped else " in bfloat16 autocast (SOLVER.AMP.ENABLED)")
         log_first_n(
             logging.WARNING,
             f"{'No GPU available: running' if fell_back else 'Running'} on the CPU "

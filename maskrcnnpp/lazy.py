@@ -98,7 +98,8 @@ def train_lazy(cfg, resume=False):
     optimizer = instantiate_or_explain(cfg.optimizer, "optimizer")
     train_loader = instantiate_or_explain(cfg.dataloader.train, "dataloader.train")
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = step_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled, device=cfg.train.device)
+    trainer = step_trainer(model, train_loader, optimizer, amp=cfg.train.amp.enabled,
+                           device=cfg.train.device)
     _stop_on_divergence(trainer, cfg)
     checkpointer = NucleiCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([

@@ -32,8 +32,8 @@ from detectron2.structures import BitMasks, Instances
 from detectron2.utils.events import EventStorage
 
 from ..checkpoint import load_weights
-from ..device import autocast_dtype, check_amp
 from ..data.synthetic import render_scene
+from ..device import autocast_dtype, check_amp
 from ..errors import UserInputError, check_choice
 from ..machine import cuda_unavailable_reason
 from ..machine import describe as describe_machine
@@ -220,7 +220,8 @@ def _prepare_training(subject, settings):
     for group in subject.optimizer.param_groups:
         group["lr"] = 0.0
     # bfloat16 (the CPU) keeps float32's exponent range: only float16 needs its gradients scaled.
-    subject.scaler = torch.amp.GradScaler(settings.device, enabled=settings.amp and settings.device == "cuda")
+    subject.scaler = torch.amp.GradScaler(settings.device,
+                                          enabled=settings.amp and settings.device == "cuda")
 
 
 def _round_robin(subjects, rounds, progress, phase, call):
