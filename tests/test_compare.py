@@ -235,6 +235,24 @@ def test_one_seed_says_the_t_test_is_not_available(setup, tmp_path):
     assert "| 11.00 " in dense_row and "±" not in dense_row  # a mean, no spread
 
 
+def test_runs_evaluated_before_a_metric_existed_show_it_as_not_available(setup, tmp_path):
+    runs = plan_runs(setup["configs"], [0, 1], setup["opts"], tmp_path)
+    older = {key: 10.0 for key, _, _ in ACCURACY_METRICS if key not in ("accuracy@0.5", "f1@0.5")}
+    run_results, measured = fake_results(runs, lambda index, run: dict(older))
+    for result in run_results:
+        result["metrics_by_type"] = {"fluorescence": {"num_images": 2, "num_true": 9, **older}}
+    report = summarize(runs, run_results, measured)
+    fpn = report["results"][0]
+    assert fpn["mean"]["mask_AP"] == 10.0 and fpn["mean"]["f1@0.5"] is None
+    assert fpn["mean_by_type"]["fluorescence"]["f1@0.5"] is None
+    assert report["results"][1]["paired_t_test"]["accuracy@0.5"]["p"] is None
+    lines = format_markdown(report).splitlines()
+    header = next(line for line in lines if line.startswith("| config "))
+    fpn_row = next(line for line in lines if line.startswith("| quickstart_synthetic "))
+    cells = dict(zip(*(map(str.strip, line.strip("|").split("|")) for line in (header, fpn_row))))
+    assert (cells["mask AP"], cells["accuracy@0.5"], cells["F1@0.5"]) == ("10.00 ± 0.00", "n/a", "n/a")
+
+
 def test_overrides_are_shown_as_they_would_be_typed():
     tokens = ["DATASETS.TRAIN", "('dsb2018_train',)", "SOLVER.MAX_ITER", "600", "X", 'it"s']
     words = shell_words(tokens)

@@ -18,6 +18,10 @@ MASK_METRICS = (
     ("dsb_score", "DSB score", ".4f"),
     ("aji", "AJI", ".4f"),
     ("pq", "PQ", ".4f"),
+    # StarDist's matching at IoU 0.5, as the field reports it; n/a where TEST.NUCLEI.
+    # MATCHING_THRESHOLDS lacks 0.5, and for runs evaluated before the evaluator had it.
+    ("accuracy@0.5", "accuracy@0.5", ".4f"),
+    ("f1@0.5", "F1@0.5", ".4f"),
 )
 ACCURACY_METRICS = MASK_METRICS + (("box_AP", "box AP", ".2f"),)
 # Per image type, beside the accuracy: how many images and nuclei the type has in the test set.
@@ -96,7 +100,7 @@ def _mean_by_type(seed_results):
     """{image type: {metric: mean over seeds}} of the runs' per-type results."""
     types = dict.fromkeys(kind for r in seed_results for kind in r.get("metrics_by_type", {}))
     return {
-        kind: {key: mean_std([r["metrics_by_type"][kind][key] for r in seed_results])[0]
+        kind: {key: mean_std([r["metrics_by_type"][kind].get(key) for r in seed_results])[0]
                for key, _, _ in MASK_METRICS + TYPE_COUNTS}
         for kind in types
         if all(kind in r.get("metrics_by_type", {}) for r in seed_results)
