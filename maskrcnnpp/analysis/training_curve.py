@@ -167,9 +167,11 @@ def curve_figure(name, curve):
         axes.plot(steps, [point[key] for point in curve["points"]], "o-", label="the run")
         for number, branch in enumerate(curve["branches"]):
             start = by_step.get(branch["start"])
-            axes.plot(([start["iteration"]] if start else []) + [branch["iteration"]],
-                      ([start[key]] if start else []) + [branch[key]], "*--", color="C2",
-                      markersize=10, label="branch, LR decayed" if number == 0 else None)
+            if start:
+                axes.plot([start["iteration"], branch["iteration"]], [start[key], branch[key]],
+                          "--", color="C2")
+            axes.plot(branch["iteration"], branch[key], "*", color="C2", markersize=11,
+                      label="branch, LR decayed" if number == 0 else None)
         for number, drop in enumerate(step for step in curve["lr_drops"] if step <= steps[-1]):
             axes.axvline(drop, color="C3", linestyle=":", label="LR drop" if number == 0 else None)
         if key == "mask_AP":
