@@ -71,9 +71,10 @@ def read_curve(run_dir):
     return points
 
 
-def lr_drops(run_dir):
-    """The steps at which the run's learning rate drops (its SOLVER.STEPS), for the figure."""
-    solver = read_run_config(run_dir).get("SOLVER") or {}
+def lr_drops(run_dir, config=None):
+    """The steps at which the run's learning rate drops (its SOLVER.STEPS), for the figure;
+    ``config``: the run's config.yaml where it is read already."""
+    solver = (config or read_run_config(run_dir)).get("SOLVER") or {}
     return [int(step) for step in solver.get("STEPS") or ()]
 
 
@@ -93,7 +94,7 @@ def read_branch(run_dir):
     final = read_curve(run_dir)[-1]
     return {**final, "iteration": start + final["iteration"], "start": start,
             "base_lr": config["SOLVER"]["BASE_LR"],
-            "lr_drops": [start + step for step in lr_drops(run_dir)]}
+            "lr_drops": [start + step for step in lr_drops(run_dir, config)]}
 
 
 def converged_point(points, tolerance=DEFAULT_TOLERANCE, metric="mask_AP"):
