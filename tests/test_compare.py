@@ -199,6 +199,24 @@ def test_runs_train_seed_by_seed_so_a_stopped_comparison_leaves_whole_seeds(setu
                      (3, "quickstart_synthetic", 2), (6, "quickstart_synthetic_dense", 2)]
 
 
+def test_a_run_resumed_after_a_stop_has_no_wall_time(setup, tmp_path):
+    """Its last call timed only the part of its training after the stop; a run one call trained
+    keeps its time, and so does one whose train.log was not kept (committed results)."""
+    runs = plan_runs([QUICKSTART], [0, 1, 2], setup["opts"], tmp_path)
+    for run, calls in zip(runs, (1, 2, None)):
+        os.makedirs(run.output_dir)
+        with open(run.path("run_result.json"), "w") as f:
+            json.dump({"config": run.name, "seed": run.seed, "wall_seconds": 100.0}, f)
+        if calls:
+            with open(run.path("train.log"), "w") as f:
+                f.write("$ train_net.py --resume\n[12/07 02:00:00] d2 INFO: iter 5\n" * calls)
+    results = compare_tool.run_all(runs, num_gpus=1)
+    assert [result["wall_seconds"] for result in results] == [100.0, None, 100.0]
+    assert json.loads((tmp_path / "runs" / "quickstart_synthetic" / "seed1" / "run_result.json")
+                      .read_text())["wall_seconds"] is None
+    assert [run.training_calls for run in runs] == [1, 2, 0]
+
+
 def test_the_comparison_sets_seeds_itself(setup, tmp_path):
     with pytest.raises(UserInputError, match="sets SEED for each run"):
         plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SEED", "3"], tmp_path)

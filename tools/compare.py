@@ -34,6 +34,7 @@ from maskrcnnpp import cli
 from maskrcnnpp.analysis.comparison import figure_metric, summarize
 from maskrcnnpp.analysis.comparison_report import write_comparison
 from maskrcnnpp.analysis.runs import (
+    COMMAND_PREFIX,
     LOG_FILE,
     RESULT_FILE,
     RunFailed,
@@ -116,7 +117,7 @@ class TrainingChild:
         os.makedirs(run.output_dir, exist_ok=True)
         self.max_iter = run.cfg.SOLVER.MAX_ITER
         self.log = open(run.path(LOG_FILE), "a")
-        self.log.write(f"$ {' '.join(command)}\n")
+        self.log.write(f"{COMMAND_PREFIX}{' '.join(command)}\n")
         self.log.flush()
         self.progress = tqdm(total=self.max_iter, desc=self.label, unit="iter", position=bar)
         self.started = time.perf_counter()
@@ -157,9 +158,16 @@ class TrainingChild:
                 f"{self.label} failed (exit code {self.child.returncode}); its output is in "
                 f"{self.run.path(LOG_FILE)}. Last lines:\n{tail}"
             )
-        result = {**collect_run(self.run, curve_metric), "wall_seconds": wall_seconds}
+        result = whole_run_timing(
+            {**collect_run(self.run, curve_metric), "wall_seconds": wall_seconds}, self.run)
         write_json(result, self.run.path(RESULT_FILE), indent=2)
         return result
+
+
+def whole_run_timing(result, run):
+    """``result`` with its wall time only where one call trained the whole run: a run resumed
+    after a stop or a failure was timed over its last call alone, a part of its training."""
+    return {**result, "wall_seconds": result.get("wall_seconds") if run.training_calls <= 1 else None}
 
 
 def train_runs(pending, total, num_gpus, jobs, curve_metric):
@@ -202,11 +210,12 @@ def run_all(runs, num_gpus, jobs=1):
                 stored = json.load(f)
             # Collected again from the run's folder where it still holds the evaluator's files,
             # so that a run made by an earlier version reports what this one does (per-type
-            # metrics); its measured wall time is kept.
+            # metrics); its measured wall time is kept where one call trained it all.
             try:
-                reused[run.output_dir] = {**stored, **collect_run(run, curve_metric)}
+                collected = {**stored, **collect_run(run, curve_metric)}
             except RunFailed:
-                reused[run.output_dir] = stored
+                collected = stored
+            reused[run.output_dir] = whole_run_timing(collected, run)
             write_json(reused[run.output_dir], run.path(RESULT_FILE), indent=2)
     # Seed by seed (every config's first seed, then the next): a comparison stopped part-way
     # leaves whole seeds, which a report over fewer --seeds already pairs.

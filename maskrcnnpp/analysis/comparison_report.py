@@ -54,7 +54,8 @@ def format_markdown(report):
         f"first seed that kept them, {bench['repeats']} repeats, configs interleaved); peak "
         f"memory: {report['benchmark']['memory_method']}. Train s/iter: median step time of the "
         "training logs; run min: wall time of a run's training and final evaluation, mean over "
-        "the runs trained by this comparison's calls.",
+        "the runs that one call of this comparison trained whole (not those resumed after a "
+        "stop or a failure).",
         "",
     ]
     if report["benchmark"].get("reused_from"):

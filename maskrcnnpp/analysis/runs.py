@@ -26,6 +26,8 @@ SHARED_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.MAX_ITER", "SOLVER.IMS
 PLACE_KEYS = ("OUTPUT_DIR", "MODEL.DEVICE")
 RESULT_FILE = "run_result.json"
 LOG_FILE = "train.log"
+# Starts the line of LOG_FILE that names each tools/train_net.py call training the run.
+COMMAND_PREFIX = "$ "
 
 
 class RunFailed(RuntimeError):
@@ -71,6 +73,16 @@ class Run:
     @property
     def finished(self):
         return os.path.isfile(self.path(RESULT_FILE))
+
+    @property
+    def training_calls(self):
+        """How many tools/train_net.py calls trained the run, by the command lines of its
+        LOG_FILE (0 where the log was not kept): more than 1 where it was resumed after a stop or
+        a failure."""
+        if not os.path.isfile(self.path(LOG_FILE)):
+            return 0
+        with open(self.path(LOG_FILE)) as f:
+            return sum(line.startswith(COMMAND_PREFIX) for line in f)
 
     def describe(self, position, total):
         return f"run {position}/{total}: {self.name} seed {self.seed}"
