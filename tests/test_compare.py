@@ -324,6 +324,19 @@ def test_the_figure_shows_every_seed_and_the_paired_interval(setup, tmp_path):
     assert [text.get_text() for text in differences.texts] == ["+1.00 [-1.48, +3.48]"]
 
 
+def test_the_figure_of_one_seed_shows_its_differences_and_why_there_is_no_interval(setup, tmp_path):
+    # Seed 0 only: FPN 58.59, dense 58.60 mask AP; the difference, +0.01, is plotted and labelled.
+    runs = plan_runs(setup["configs"], [0], setup["opts"], tmp_path)
+    mask_ap = {"quickstart_synthetic": 58.59, "quickstart_synthetic_dense": 58.60}
+    report = summarize(runs, *fake_results(runs, lambda index, run: {
+        key: mask_ap[run.name] for key, _, _ in ACCURACY_METRICS}))
+    panels = {axes.get_title(): axes for axes in _figure(report).axes}
+    differences = panels["paired differences: each seed, mean and 95 % CI"]
+    points = [tuple(xy) for collection in differences.collections for xy in collection.get_offsets()]
+    assert points == [(1, pytest.approx(0.01))]
+    assert [text.get_text() for text in differences.texts] == ["+0.01: 1 seed, no CI"]
+
+
 def processes_naming(folder):
     """The ids of the processes whose command line names ``folder`` (from /proc)."""
     found = []

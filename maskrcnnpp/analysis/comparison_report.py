@@ -193,11 +193,16 @@ def _plot_seeds(seeds_axes, differences_axes, report, metric, title):
     seeds_axes.set_xticks(range(len(names)), names)
     seeds_axes.set(ylabel=title, title=f"{title} of every seed (lines join a seed's runs)")
     for x, (row, values) in enumerate(zip(rows[1:], by_seed[1:]), start=1):
+        differences = [values[seed] - by_seed[0][seed] for seed in report["seeds"]
+                       if values.get(seed) is not None and by_seed[0].get(seed) is not None]
+        differences_axes.scatter([x] * len(differences), differences, color=f"C{x}", alpha=0.6)
         test = (row.get("paired_t_test") or {}).get(metric) or {}
         if test.get("ci95") is None:
+            if len(differences) == 1:  # one seed so far: its difference, and why no interval
+                differences_axes.annotate(
+                    f"{differences[0]:+.2f}: 1 seed, no CI", (x, differences[0]), xytext=(0, 6),
+                    textcoords="offset points", ha="center", fontsize="small")
             continue
-        differences = [values[seed] - by_seed[0][seed] for seed in report["seeds"]]
-        differences_axes.scatter([x] * len(differences), differences, color=f"C{x}", alpha=0.6)
         (low, high), mean = test["ci95"], test["mean_difference"]
         differences_axes.errorbar(x + 0.15, mean, yerr=[[mean - low], [high - mean]], fmt="D",
                                   color="black", capsize=5)
