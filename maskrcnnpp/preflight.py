@@ -192,19 +192,42 @@ def _names(names):
     return (names,) if isinstance(names, str) else tuple(names)
 
 
-# What a training run leaves in its output folder (detectron2's names): the signs of an earlier run.
-EARLIER_RUN_FILES = ("last_checkpoint", "model_final.pth", "metrics.json")
+# What a training run leaves in its output folder (detectron2's names): the signs of an earlier
+# run. detectron2 resumes from the checkpoint that LAST_CHECKPOINT names.
+LAST_CHECKPOINT = "last_checkpoint"
+EARLIER_RUN_FILES = (LAST_CHECKPOINT, "model_final.pth", "metrics.json")
 
 
-def check_new_training(output_dir, key):
-    """Raise if ``output_dir`` holds an earlier training run: training into it again from the
-    start would replace its model and interleave both runs' iterations in metrics.json."""
-    found = [name for name in EARLIER_RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
-    if found:
+def earlier_run_files(output_dir):
+    """The files of EARLIER_RUN_FILES that ``output_dir`` holds."""
+    return [name for name in EARLIER_RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
+
+
+def resumable(output_dir):
+    """Whether ``output_dir`` holds a checkpoint that --resume continues from (as detectron2's
+    Checkpointer.has_checkpoint decides)."""
+    return os.path.isfile(os.path.join(output_dir, LAST_CHECKPOINT))
+
+
+def check_new_training(output_dir, key, resume=False):
+    """Raise if ``output_dir`` holds an earlier training run that this one would not continue:
+    training into it again from the start would replace its model and interleave both runs'
+    iterations in metrics.json. With ``resume``, that is a run left without its checkpoints
+    (they stay on the machine that wrote them, and are not committed with results)."""
+    found = earlier_run_files(output_dir)
+    if not found or (resume and resumable(output_dir)):
+        return
+    if resume:
         raise UserInputError(
-            f"{key} {output_dir} holds an earlier training run ({', '.join(found)}): continue it "
-            f"with --resume, train into another {key}, or pass --overwrite to replace it."
+            f"{key} {output_dir} holds an earlier training run ({', '.join(found)}) but no "
+            f"{LAST_CHECKPOINT} to resume it from (checkpoints stay on the machine that wrote "
+            f"them): pass --overwrite instead of --resume to train it again from the start, or "
+            f"train into another {key}."
         )
+    raise UserInputError(
+        f"{key} {output_dir} holds an earlier training run ({', '.join(found)}): continue it "
+        f"with --resume, train into another {key}, or pass --overwrite to replace it."
+    )
 
 
 def weights_to_load(cfg, resume):
@@ -226,16 +249,16 @@ def check_train_net_args(args):
     if args.overwrite and (args.resume or args.eval_only):
         raise UserInputError("--overwrite replaces an earlier training run by a new one; it does "
                              "not go with --resume or --eval-only.")
-    starts_anew = not (args.eval_only or args.resume or args.overwrite)
+    keeps_earlier_run = not (args.eval_only or args.overwrite)
     if is_lazy_config(args.config_file):
         cfg = load_lazy_config(args.config_file, args.opts)
-        if starts_anew:
-            check_new_training(cfg.train.output_dir, "train.output_dir")
+        if keeps_earlier_run:
+            check_new_training(cfg.train.output_dir, "train.output_dir", args.resume)
         check_lazy_inputs(cfg, args.eval_only)
         return cfg.train.output_dir
     cfg = build_cfg(args.config_file, args.opts)
-    if starts_anew:
-        check_new_training(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    if keeps_earlier_run:
+        check_new_training(cfg.OUTPUT_DIR, "OUTPUT_DIR", args.resume)
     if args.eval_only and not args.resume and os.path.isdir(cfg.MODEL.WEIGHTS):
         raise UserInputError(weights_folder_message("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS))
     if args.eval_only and not (args.resume or os.path.isfile(cfg.MODEL.WEIGHTS)):

@@ -711,6 +711,25 @@ def test_training_into_an_earlier_run_asks_for_resume_or_overwrite(left_behind, 
     assert sorted(p.name for p in out.iterdir()) == [left_behind]
 
 
+@pytest.mark.parametrize("left_behind", ["metrics.json", "model_final.pth"])
+def test_resuming_a_run_whose_checkpoints_are_gone_asks_for_overwrite(left_behind, tiny_nuclei,
+                                                                       tmp_path, capsys):
+    """A folder that came without its checkpoints (another machine's run, committed results):
+    --resume would start from step 0 and append a second run's iterations to the first's log."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / left_behind).write_text("")
+    argv = ["--resume", *train(tmp_path, *tiny_nuclei["opts"])]
+    assert cli.run(train_net.main, [str(a) for a in argv]) == 2
+    assert error_lines(capsys.readouterr().err) == [
+        f"error: OUTPUT_DIR {out} holds an earlier training run ({left_behind}) but no "
+        "last_checkpoint to resume it from (checkpoints stay on the machine that wrote them): pass "
+        "--overwrite instead of --resume to train it again from the start, or train into another "
+        "OUTPUT_DIR."
+    ]
+    assert sorted(p.name for p in out.iterdir()) == [left_behind]
+
+
 @pytest.mark.parametrize("flag", ["--resume", "--eval-only"])
 def test_overwrite_does_not_go_with_resume_or_eval_only(flag, tiny_nuclei, tmp_path, capsys):
     argv = ["--overwrite", flag, *train(tmp_path, *tiny_nuclei["opts"])]

@@ -199,6 +199,36 @@ def test_runs_train_seed_by_seed_so_a_stopped_comparison_leaves_whole_seeds(setu
                      (3, "quickstart_synthetic", 2), (6, "quickstart_synthetic_dense", 2)]
 
 
+def test_an_unfinished_run_without_its_checkpoints_trains_again_from_the_start(
+        setup, tmp_path, monkeypatch, capsys):
+    """A run folder that came to another machine with its log but not its checkpoints is cleared
+    before it trains, so that its metrics.json and train.log hold the new training only; one
+    whose last_checkpoint is there resumes and keeps its files."""
+    lost, stopped = plan_runs([QUICKSTART], [0, 1], setup["opts"], tmp_path)
+    for run in (lost, stopped):
+        os.makedirs(run.output_dir)
+        for name, text in (("metrics.json", '{"iteration": 2119}\n'), ("config.yaml", run.cfg.dump()),
+                           ("train.log", "$ train_net.py --resume\n")):
+            with open(run.path(name), "w") as f:
+                f.write(text)
+    with open(stopped.path("last_checkpoint"), "w") as f:
+        f.write("model_0001999.pth")
+    folders_when_trained = {}
+
+    def record(pending, total, num_gpus, jobs, curve_metric):
+        for _, run in pending:
+            folders_when_trained[run.seed] = sorted(os.listdir(run.output_dir))
+        return {run.output_dir: {} for _, run in pending}, []
+
+    monkeypatch.setattr(compare_tool, "train_runs", record)
+    compare_tool.run_all([lost, stopped], num_gpus=1)
+    assert folders_when_trained == {
+        0: [], 1: ["config.yaml", "last_checkpoint", "metrics.json", "train.log"]}
+    assert capsys.readouterr().out.splitlines() == [
+        f"{lost.describe(1, 2)} - its earlier training left metrics.json but no checkpoint here: "
+        "trained again from step 0"]
+
+
 def test_a_run_resumed_after_a_stop_has_no_wall_time(setup, tmp_path):
     """Its last call timed only the part of its training after the stop; a run one call trained
     keeps its time, and so does one whose train.log was not kept (committed results)."""

@@ -9,7 +9,8 @@ tools/train_net.py process into DIR/runs/<config>/seed<s> (see maskrcnnpp/analys
 after the other, seed by seed (every config's first seed, then the next), or --jobs N at once on
 one device (they share its memory and the CPU cores of their data loaders); a failed run is
 reported and the others go on. A killed comparison loses at most the runs in progress: calling
-the command again reuses finished runs and resumes the others from their last checkpoint, and
+the command again reuses finished runs and resumes the others from their last checkpoint (one
+whose checkpoints are gone, on another machine, trains again from step 0), and
 the seeds it finished already make a report with fewer --seeds. Then the trained models are
 benchmarked interleaved, and DIR/compare.md, .csv, .json and .png are written: mean +-
 std over seeds, costs, paired t-tests against the first config, accuracy against speed, curves.
@@ -45,7 +46,8 @@ from maskrcnnpp.analysis.runs import (
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json
-from maskrcnnpp.training import concurrent_run_env
+from maskrcnnpp.preflight import earlier_run_files, resumable
+from maskrcnnpp.training import clear_training_run, concurrent_run_env
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
 POLL_SECONDS = 2.0
@@ -223,11 +225,27 @@ def run_all(runs, num_gpus, jobs=1):
     pending = sorted(((position, run) for position, run in enumerate(runs, start=1)
                       if run.output_dir not in reused),
                      key=lambda pair: (seeds.index(pair[1].seed), pair[0]))
+    for position, run in pending:
+        restart_if_unresumable(run, run.describe(position, len(runs)))
     trained, failures = train_runs(pending, len(runs), num_gpus, jobs, curve_metric)
     if failures:
         raise RunFailed(f"{len(failures)} of {len(pending)} runs failed; the others are kept, and "
                         f"the same command trains only what is missing. {failures[0]}")
     return [{**reused, **trained}[run.output_dir] for run in runs]
+
+
+def restart_if_unresumable(run, label):
+    """Clear an unfinished run's folder that holds its earlier training but no checkpoint (those
+    stay on the machine that wrote them): the run trains again from step 0, and its metrics.json
+    and train.log are then its own, not appended to those of a training that cannot go on."""
+    found = earlier_run_files(run.output_dir)
+    if not found or resumable(run.output_dir):
+        return
+    clear_training_run(run.output_dir)
+    if os.path.isfile(run.path(LOG_FILE)):
+        os.remove(run.path(LOG_FILE))
+    tqdm.write(f"{label} - its earlier training left {', '.join(found)} but no checkpoint here: "
+               "trained again from step 0")
 
 
 def _trained_cfg(run):
