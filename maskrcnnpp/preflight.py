@@ -203,19 +203,22 @@ def earlier_run_files(output_dir):
     return [name for name in EARLIER_RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
 
 
-def resumable(output_dir):
-    """Whether ``output_dir`` holds a checkpoint that --resume continues from (as detectron2's
-    Checkpointer.has_checkpoint decides)."""
-    return os.path.isfile(os.path.join(output_dir, LAST_CHECKPOINT))
+def unresumable_run_files(output_dir):
+    """The files of an earlier run in ``output_dir`` that --resume cannot continue, having no
+    LAST_CHECKPOINT (as detectron2's Checkpointer.has_checkpoint decides): checkpoints stay on
+    the machine that wrote them and are not committed with results. Empty where there is no
+    earlier run or it can be resumed."""
+    if os.path.isfile(os.path.join(output_dir, LAST_CHECKPOINT)):
+        return []
+    return earlier_run_files(output_dir)
 
 
 def check_new_training(output_dir, key, resume=False):
     """Raise if ``output_dir`` holds an earlier training run that this one would not continue:
     training into it again from the start would replace its model and interleave both runs'
-    iterations in metrics.json. With ``resume``, that is a run left without its checkpoints
-    (they stay on the machine that wrote them, and are not committed with results)."""
-    found = earlier_run_files(output_dir)
-    if not found or (resume and resumable(output_dir)):
+    iterations in metrics.json. With ``resume``, that is a run left without its checkpoints."""
+    found = unresumable_run_files(output_dir) if resume else earlier_run_files(output_dir)
+    if not found:
         return
     if resume:
         raise UserInputError(

@@ -46,7 +46,7 @@ from maskrcnnpp.analysis.runs import (
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json
-from maskrcnnpp.preflight import earlier_run_files, resumable
+from maskrcnnpp.preflight import unresumable_run_files
 from maskrcnnpp.training import clear_training_run, concurrent_run_env
 
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net.py")
@@ -238,8 +238,8 @@ def restart_if_unresumable(run, label):
     """Clear an unfinished run's folder that holds its earlier training but no checkpoint (those
     stay on the machine that wrote them): the run trains again from step 0, and its metrics.json
     and train.log are then its own, not appended to those of a training that cannot go on."""
-    found = earlier_run_files(run.output_dir)
-    if not found or resumable(run.output_dir):
+    found = unresumable_run_files(run.output_dir)
+    if not found:
         return
     clear_training_run(run.output_dir)
     if os.path.isfile(run.path(LOG_FILE)):
