@@ -172,16 +172,28 @@ def test_committed_results_without_checkpoints_rebuild_the_report_and_new_seeds_
     assert report["results"][1]["per_seed"]["mask_AP"][:2] == compared[1]["results"][1]["per_seed"]["mask_AP"]
 
 
-def test_finished_runs_without_checkpoints_or_an_earlier_benchmark_are_refused_first(setup, tmp_path):
-    runs = plan_runs(setup["configs"], [0], setup["opts"], tmp_path)
-    for run in runs:  # finished runs whose checkpoints were not kept
-        os.makedirs(run.output_dir)
-        with open(run.path("run_result.json"), "w") as f:
-            json.dump({"config": run.name, "seed": 0}, f)
-    with pytest.raises(UserInputError, match=r"The runs of quickstart_synthetic, "
-                       r"quickstart_synthetic_dense are finished but none keeps its "
-                       r"model_final.pth .*Add a seed \(--seeds \.\.\. N\)"):
-        compare(setup["configs"], tmp_path, [0], setup["opts"])
+@pytest.mark.slow
+def test_committed_results_without_checkpoints_or_an_earlier_benchmark_report_accuracy_alone(
+        compared, setup, tmp_path, capsys):
+    """Committed results whose folder lost its compare.json too: the report is rebuilt from the
+    runs' results, its speed columns n/a with the reason and the way to measure them."""
+    committed = tmp_path / "committed"
+    shutil.copytree(setup["output"], committed,
+                    ignore=shutil.ignore_patterns("*.pth", "last_checkpoint", "inference", "compare.*"))
+    report = compare(setup["configs"], committed, SEEDS, setup["opts"])
+    assert "benchmark: none, the runs of quickstart_synthetic, quickstart_synthetic_dense keep no model_final.pth" in capsys.readouterr().out
+    assert not list(committed.rglob("*.pth"))  # nothing trained
+    assert report["results"][1]["per_seed"] == compared[1]["results"][1]["per_seed"]
+    assert report["benchmark"]["settings"] is None
+    assert all(row[key] is None for row in report["results"]
+               for key in ("model_params", "model_flops", "ms_per_image", "peak_memory_mb"))
+    markdown = (committed / "compare.md").read_text()
+    assert ("Inference speed, memory, params and GFLOPs: n/a, not measured: the runs of "
+            "quickstart_synthetic, quickstart_synthetic_dense keep no model_final.pth") in markdown
+    assert "add a seed (--seeds ... N) to train one model per config." in markdown
+    with open(committed / "compare.csv") as f:
+        assert {row["ms_per_image"] for row in csv.DictReader(f)} == {""}
+    assert (committed / "compare.png").stat().st_size > 0
 
 
 def test_runs_train_seed_by_seed_so_a_stopped_comparison_leaves_whole_seeds(setup, tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ import time
 from tqdm import tqdm
 
 from maskrcnnpp import cli
-from maskrcnnpp.analysis.comparison import figure_metric, summarize
+from maskrcnnpp.analysis.comparison import SPEED_KEYS, figure_metric, summarize, unmeasured
 from maskrcnnpp.analysis.comparison_report import write_comparison
 from maskrcnnpp.analysis.runs import (
     COMMAND_PREFIX,
@@ -278,11 +278,9 @@ def _earlier_benchmark(output_dir, names):
     rows = {row["config"]: row for row in earlier["results"]}
     if not set(names) <= set(rows):
         return None
-    keys = ("model_params", "model_flops", "ms_per_image", "latency_ms", "peak_memory_mb",
-            "detections_per_image")
     return {**{key: earlier["benchmark"][key] for key in ("settings", "machine", "memory_method")},
             "reused_from": "the earlier compare.json of this folder",
-            "results": [{"config": name, **{key: rows[name][key] for key in keys}}
+            "results": [{"config": name, **{key: rows[name][key] for key in SPEED_KEYS}}
                         for name in names]}
 
 
@@ -309,19 +307,19 @@ def check_earlier_report(runs, output_dir, overwrite):
 def plan_benchmark(runs, output_dir):
     """Where the speed comparison will come from, decided before anything trains: a measurement
     of every config's trained model, or, where some config keeps no trained model, the earlier
-    report's benchmark of the same configs (its measurements stay comparable to each other)."""
+    report's benchmark of the same configs (its measurements stay comparable to each other), or,
+    with neither, no speed comparison: the accuracy of committed results needs no model."""
     chosen = _benchmarked_runs(runs)
     gone = [name for name, run in chosen.items() if run is None]
     if not gone:
         return chosen, None
     earlier = _earlier_benchmark(output_dir, list(chosen))
     if earlier is None:
-        raise UserInputError(
-            f"The runs of {', '.join(gone)} are finished but none keeps its {FINAL_WEIGHTS} (results "
-            f"committed without checkpoints), and {os.path.join(output_dir, 'compare.json')} holds "
-            "no benchmark of every config: the speed comparison needs one trained model per "
-            "config. Add a seed (--seeds ... N) to train one, or put a trained model back into "
-            "one of its run folders."
+        earlier = unmeasured(
+            list(chosen),
+            f"the runs of {', '.join(gone)} keep no {FINAL_WEIGHTS} (results committed without "
+            f"checkpoints) and {os.path.join(output_dir, 'compare.json')} holds no benchmark of "
+            "every config; add a seed (--seeds ... N) to train one model per config",
         )
     return chosen, earlier
 
@@ -373,9 +371,11 @@ def compare(config_files, output_dir, seeds=(0,), opts=(), *, num_gpus=1, jobs=1
         named_cfgs = [(name, _trained_cfg(run)) for name, run in benchmarked.items()]
         with tqdm(desc="benchmark of the trained models", unit="call") as progress:
             measured = benchmark(named_cfgs, settings, progress)
-    else:
+    elif measured["reused_from"]:
         tqdm.write(f"benchmark: kept from {measured['reused_from']} (no trained model left of "
                    "every config)")
+    else:
+        tqdm.write(f"benchmark: none, {measured['not_measured']}")
     report = summarize(runs, run_results, measured)
     write_comparison(report, output_dir)
     return report

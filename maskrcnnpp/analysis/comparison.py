@@ -28,6 +28,20 @@ ACCURACY_METRICS = MASK_METRICS + (("box_AP", "box AP", ".2f"),)
 TYPE_COUNTS = (("num_images", "images", "d"), ("num_true", "nuclei", "d"))
 
 
+# What the benchmark measures of each config's trained model (maskrcnnpp.analysis.speed).
+SPEED_KEYS = ("model_params", "model_flops", "ms_per_image", "latency_ms", "peak_memory_mb",
+              "detections_per_image")
+# What the report says of the benchmark: how and where it measured, or why it did not.
+BENCHMARK_KEYS = ("settings", "machine", "memory_method", "reused_from", "not_measured")
+
+
+def unmeasured(names, reason):
+    """The benchmark of configs ``names`` that could not be measured, ``reason`` saying why, in the
+    form speed.benchmark returns: every speed n/a, the report's accuracy unaffected."""
+    return {**dict.fromkeys(BENCHMARK_KEYS), "not_measured": reason,
+            "results": [{"config": name, **dict.fromkeys(SPEED_KEYS)} for name in names]}
+
+
 def figure_metric(runs):
     """The accuracy plotted against inference time: mask AP, or box AP where a config predicts no
     masks (MODEL.MASK_ON False, as RetinaNet's), since only box AP compares every model then."""
@@ -55,15 +69,10 @@ def summarize(runs, run_results, measured):
             "predicts_masks": not any("mask_metrics" in r["metrics"] for r in seed_results),
             "per_seed": per_seed,
             "mean": {}, "std": {},
-            "model_params": bench["model_params"],
-            "model_flops": bench["model_flops"],
+            **{key: bench[key] for key in SPEED_KEYS},
             "train_s_per_iter": float(np.mean(step_times)) if step_times else None,
             "run_minutes": float(np.mean(wall_times)) / 60 if wall_times else None,
             "mean_by_type": _mean_by_type(seed_results),
-            "ms_per_image": bench["ms_per_image"],
-            "latency_ms": bench["latency_ms"],
-            "peak_memory_mb": bench["peak_memory_mb"],
-            "detections_per_image": bench["detections_per_image"],
             "runs": seed_results,
         }
         for key, _, _ in ACCURACY_METRICS:
@@ -90,8 +99,7 @@ def summarize(runs, run_results, measured):
             "reason": None if test_available else
             f"needs at least 2 seeds per config, got {len(seeds)}",
         },
-        "benchmark": {key: measured.get(key) for key in
-                      ("settings", "machine", "memory_method", "reused_from")},
+        "benchmark": {key: measured.get(key) for key in BENCHMARK_KEYS},
         "results": rows,
     }
 

@@ -41,26 +41,17 @@ def shell_words(tokens):
 
 def format_markdown(report):
     """compare.md: the table of mean +- std and costs, the t-tests, the figure."""
-    bench = report["benchmark"]["settings"]
-    machine = report["benchmark"]["machine"]["device"]
-    seeds = report["seeds"]
     lines = [
         f"# Comparison of {', '.join(c['name'] for c in report['configs'])}",
         "",
-        f"Trained for {report['max_iter']} iterations with seeds {seeds} and overrides "
+        f"Trained for {report['max_iter']} iterations with seeds {report['seeds']} and overrides "
         f"`{shell_words(report['overrides']) or 'none'}`; evaluated on `{report['dataset']}`. "
-        "Accuracy: mean ± std over seeds. Inference: median ms per image at "
-        f"{bench['image_size']}x{bench['image_size']} px on {machine} (trained weights of the "
-        f"first seed that kept them, {bench['repeats']} repeats, configs interleaved); peak "
-        f"memory: {report['benchmark']['memory_method']}. Train s/iter: median step time of the "
-        "training logs; run min: wall time of a run's training and final evaluation, mean over "
-        "the runs that one call of this comparison trained whole (not those resumed after a "
-        "stop or a failure).",
+        f"Accuracy: mean ± std over seeds. {_speed_method(report['benchmark'])} Train s/iter: "
+        "median step time of the training logs; run min: wall time of a run's training and final "
+        "evaluation, mean over the runs that one call of this comparison trained whole (not those "
+        "resumed after a stop or a failure).",
         "",
     ]
-    if report["benchmark"].get("reused_from"):
-        lines[-2] += (f" The benchmark is kept from {report['benchmark']['reused_from']}: no "
-                      "trained model of every config was left to measure.")
     headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
     headers += [title for _, title, _, _ in COST_COLUMNS]
     body = []
@@ -124,6 +115,24 @@ def format_markdown(report):
     return "\n".join(lines)
 
 
+def _speed_method(benchmark):
+    """How the report's speed columns were measured, or why they are n/a."""
+    if benchmark.get("not_measured"):
+        return ("Inference speed, memory, params and GFLOPs: n/a, not measured: "
+                f"{benchmark['not_measured']}.")
+    settings = benchmark["settings"]
+    method = (
+        f"Inference: median ms per image at {settings['image_size']}x{settings['image_size']} px "
+        f"on {benchmark['machine']['device']} (trained weights of the first seed that kept them, "
+        f"{settings['repeats']} repeats, configs interleaved); peak memory: "
+        f"{benchmark['memory_method']}."
+    )
+    if benchmark.get("reused_from"):
+        method += (f" The benchmark is kept from {benchmark['reused_from']}: no trained model of "
+                   "every config was left to measure.")
+    return method
+
+
 def _csv_rows(report):
     """compare.csv: one row per config, plain numbers (empty where not available)."""
     rows = []
@@ -152,7 +161,7 @@ def _figure(report):
     for index, row in enumerate(report["results"]):
         color = f"C{index}"
         latency = row["latency_ms"]
-        if row["mean"][metric] is not None:
+        if row["mean"][metric] is not None and latency is not None:
             axes["accuracy"].errorbar(
                 row["ms_per_image"], row["mean"][metric], yerr=row["std"][metric] or 0,
                 xerr=[[row["ms_per_image"] - latency["p25"]],
@@ -171,8 +180,12 @@ def _figure(report):
     axes["accuracy"].set(xlabel="inference ms / image", ylabel=title, title=f"{title} against speed")
     axes["loss"].set(xlabel="iteration", ylabel="total loss", title="training loss")
     axes["evaluation"].set(xlabel="iteration", ylabel=title, title=f"validation {title}")
+    if report["benchmark"].get("not_measured"):
+        axes["accuracy"].text(0.5, 0.5, "speed not measured:\nno trained model of every config",
+                              transform=axes["accuracy"].transAxes, ha="center", va="center")
     for name in ("accuracy", "loss", "evaluation"):
-        axes[name].legend(fontsize="small")
+        if axes[name].get_legend_handles_labels()[0]:
+            axes[name].legend(fontsize="small")
     for panel in axes.values():
         panel.grid(alpha=0.3)
     return figure
