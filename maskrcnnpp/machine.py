@@ -4,6 +4,7 @@ Standard library and torch only, and no imports from the package: scripts/check_
 this file by path before detectron2 or the package are installed.
 """
 import os
+import platform
 import shutil
 import subprocess
 
@@ -90,12 +91,26 @@ def cpu_bfloat16_missing_reason(torch):
             "CPU mixed precision needs")
 
 
+def cpu_name():
+    """The CPU's model name ("AMD EPYC"), read from /proc/cpuinfo where there is one: platform
+    names only the architecture on Linux."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def describe(torch, device="cpu"):
     """The facts a measurement on ``device`` should be published with."""
     facts = {
         "device": "cpu",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "cpu": cpu_name(),
+        # the vector instructions torch's kernels use ("AVX2", "AVX512"): CPUs of one model name
+        # differ in them, and in speed with them
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
     }
@@ -106,3 +121,11 @@ def describe(torch, device="cpu"):
             driver=(_nvidia_smi("--query-gpu=driver_version", "--format=csv,noheader") or [None])[0],
         )
     return facts
+
+
+def label(facts):
+    """One line naming the hardware of :func:`describe`'s ``facts``: the GPU, or the CPU with its
+    vector instructions and threads."""
+    if facts["device"] != "cpu":
+        return facts["device"]
+    return f"{facts['cpu']} ({facts['cpu_capability']}), {facts['cpu_count']} CPU threads"

@@ -11,13 +11,13 @@ trainings share the two cores that one would use alone (docs/compare.md).
 """
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
 
 from maskrcnnpp.io_utils import write_json, write_text
+from maskrcnnpp.machine import cpu_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [os.path.join(REPO, "configs", name)
@@ -62,7 +62,7 @@ def main(argv):
         "configs": [os.path.basename(path) for path in CONFIGS], "seeds": args.seeds,
         "max_iter": args.max_iter, "rounds": args.rounds,
         "seconds": {str(jobs): taken for jobs, taken in seconds.items()},
-        "machine": {"cpu": platform.processor() or platform.machine(),
+        "machine": {"cpu": cpu_name(),
                     "cpu_count": os.cpu_count(), "load_average_after": os.getloadavg()},
     }
     lines = [

@@ -7,6 +7,7 @@ from conftest import REPO, run_tool
 from maskrcnnpp.analysis.speed import BenchmarkSettings
 from maskrcnnpp.cli import split_overrides
 from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.machine import label as machine_label
 
 QUICKSTART = f"{REPO}/configs/quickstart_synthetic.yaml"
 
@@ -24,6 +25,7 @@ def test_benchmark_measures_two_configs_on_the_cpu(tmp_path):
     assert "ms/image" in result.stdout and "ratios to first" in result.stdout
     report = json.loads(out.read_text())
     assert report["settings"]["image_size"] == 128 and report["machine"]["device"] == "cpu"
+    assert f"{machine_label(report['machine'])}, torch " in result.stdout  # what was measured on
     assert report["memory_method"].startswith("CPU: growth of the peak resident set size")
     first, second = report["results"]
     assert [first["config"], second["config"]] == ["quickstart_synthetic.yaml",

@@ -18,6 +18,7 @@ from maskrcnnpp.analysis.comparison import ACCURACY_METRICS, summarize
 from maskrcnnpp.analysis.comparison_report import _csv_rows, _figure, format_markdown, shell_words
 from maskrcnnpp.analysis.runs import RunFailed, plan_runs
 from maskrcnnpp.errors import UserInputError
+from maskrcnnpp.machine import label as machine_label
 from maskrcnnpp.training import CONCURRENT_RUNS_ENV, concurrent_run_env
 
 compare_tool = load_tool("compare")
@@ -103,6 +104,7 @@ def test_per_seed_results_are_the_evaluator_files_and_feed_the_t_test(compared, 
             assert run["metrics"]["mask_AP"] == final["mask_AP"]
             assert run["train_s_per_iter"] > 0 and run["loss_curve"] and run["eval_curve"]
             assert run["wall_seconds"] > 0
+            assert run["machine"].endswith(f"{os.cpu_count()} CPU threads")  # trained here
             assert run["metrics_by_type"].keys() == final["by_type"].keys()
         assert row["per_seed"]["aji"] == [run["metrics"]["aji"] for run in row["runs"]]
     baseline, dense = report["results"]
@@ -311,6 +313,34 @@ def test_runs_evaluated_before_a_metric_existed_show_it_as_not_available(setup, 
     fpn_row = next(line for line in lines if line.startswith("| quickstart_synthetic "))
     cells = dict(zip(*(map(str.strip, line.strip("|").split("|")) for line in (header, fpn_row))))
     assert (cells["mask AP"], cells["accuracy@0.5"], cells["F1@0.5"]) == ("10.00 ± 0.00", "n/a", "n/a")
+
+
+def test_each_run_is_listed_with_the_machine_that_trained_it(setup, tmp_path):
+    """Step times of runs from other sessions and machines do not compare: the report names each
+    run's machine, or says that a run collected before machines were recorded has none."""
+    runs = plan_runs(setup["configs"], [0, 1], setup["opts"], tmp_path)
+    run_results, measured = fake_results(
+        runs, lambda index, run: {key: 10.0 + index for key, _, _ in ACCURACY_METRICS})
+    run_results[0].update(machine="AMD EPYC (AVX512), 2 CPU threads", wall_seconds=600.0)
+    run_results[1].update(machine="NVIDIA H200", train_s_per_iter=0.1, wall_seconds=None)
+    run_results[2]["machine"] = "AMD EPYC (AVX2), 2 CPU threads"
+    markdown = format_markdown(summarize(runs, run_results, measured))
+    table = markdown.split("## Runs")[1].splitlines()
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table
+            if line.startswith("| quickstart")]
+    assert rows == [
+        ["quickstart_synthetic", "0", "10.00", "0.500", "10.0", "AMD EPYC (AVX512), 2 CPU threads"],
+        ["quickstart_synthetic", "1", "11.00", "0.100", "n/a", "NVIDIA H200"],
+        ["quickstart_synthetic_dense", "0", "12.00", "0.500", "n/a", "AMD EPYC (AVX2), 2 CPU threads"],
+        ["quickstart_synthetic_dense", "1", "13.00", "0.500", "n/a", "not recorded"],
+    ]
+    assert "each run's machine under Runs" in markdown
+
+
+def test_a_machine_is_named_by_its_gpu_or_by_its_cpu_with_instructions_and_threads():
+    cpu = {"device": "cpu", "cpu": "AMD EPYC", "cpu_capability": "AVX2", "cpu_count": 2}
+    assert machine_label(cpu) == "AMD EPYC (AVX2), 2 CPU threads"
+    assert machine_label({**cpu, "device": "NVIDIA H200"}) == "NVIDIA H200"
 
 
 def test_overrides_are_shown_as_they_would_be_typed():

@@ -8,6 +8,7 @@ import os
 from tabulate import tabulate
 
 from ..config_loader import build_cfg
+from ..machine import label as machine_label
 from .cost import COST_RATIO_KEYS
 
 # (key, column title, format) of the speed table.
@@ -58,7 +59,7 @@ def format_speed(report):
     settings, machine = report["settings"], report["machine"]
     title = (
         f"{settings['image_size']}x{settings['image_size']} px, batch {settings['batch_size']}, "
-        f"{machine['device']}{_precision(settings)} (torch {machine['torch']}); "
+        f"{machine_label(machine)}{_precision(settings)}, torch {machine['torch']}; "
         f"medians of {settings['repeats']} inference calls and {settings['train_repeats']} "
         f"training steps after {settings['warmup']} warm-up, measured interleaved. Memory: "
         f"{report['memory_method']}."

@@ -47,9 +47,11 @@ def format_markdown(report):
         f"Trained for {report['max_iter']} iterations with seeds {report['seeds']} and overrides "
         f"`{shell_words(report['overrides']) or 'none'}`; evaluated on `{report['dataset']}`. "
         f"Accuracy: mean ± std over seeds. {_speed_method(report['benchmark'])} Train s/iter: "
-        "median step time of the training logs; run min: wall time of a run's training and final "
-        "evaluation, mean over the runs that one call of this comparison trained whole (not those "
-        "resumed after a stop or a failure).",
+        "median step time of the training logs, each run's machine under Runs (step times from "
+        "other machines or sessions do not compare; tools/benchmark.py times training steps "
+        "interleaved); run min: wall time of a run's training and final evaluation, mean over "
+        "the runs that one call of this comparison trained whole (not those resumed after a stop "
+        "or a failure).",
         "",
     ]
     headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
@@ -111,8 +113,25 @@ def format_markdown(report):
             for kind, values in row["mean_by_type"].items()
         ]
         lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
-    lines += ["", "![accuracy, speed, training curves and every seed](compare.png)", ""]
+    lines += ["", "## Runs", "", _format_runs(report), "",
+              "![accuracy, speed, training curves and every seed](compare.png)", ""]
     return "\n".join(lines)
+
+
+def _format_runs(report):
+    """One row per run: its seed, accuracy, step time, wall time and the machine that trained it
+    (runs collected before the machine was recorded say so)."""
+    metric = report["figure_metric"]
+    title, _, value_format = next(column for column in ACCURACY_METRICS if column[0] == metric)
+    body = [
+        [row["config"], run["seed"], _show(run["metrics"].get(metric), value_format),
+         _show(run.get("train_s_per_iter"), ".3f"),
+         _show(run["wall_seconds"] / 60 if run.get("wall_seconds") else None, ".1f"),
+         run.get("machine", "not recorded")]
+        for row in report["results"] for run in row["runs"]
+    ]
+    headers = ["config", "seed", title, "train s/iter", "run min", "machine"]
+    return tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
 
 
 def _speed_method(benchmark):

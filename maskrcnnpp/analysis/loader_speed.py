@@ -1,7 +1,6 @@
 """How fast one data-loader worker feeds a training: the images (crops) per second of a config's
 training loader, read, cropped and augmented in this one process as each worker does, to size
 the workers a GPU needs (docs/gpu_lease.md). tools/benchmark.py --data-loader runs it."""
-import platform
 import time
 
 import torch
@@ -41,7 +40,7 @@ def loader_throughput(cfg, batches, progress=None):
         "seconds": seconds, "images_per_second_per_worker": images / seconds,
         "torch_threads": worker_threads,
         "augmentations": list(cfg.INPUT.NUCLEI_AUG.NAMES), "crop_size": cfg.INPUT.NUCLEI_AUG.CROP_SIZE,
-        "machine": {**describe_machine(torch), "cpu": platform.processor() or platform.machine()},
+        "machine": describe_machine(torch),
     }
 
 

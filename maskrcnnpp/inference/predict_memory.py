@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from ..data.synthetic import render_scene
+from ..machine import cpu_name
 
 # Side of the synthetic scene a test image repeats (rendering a whole 8000 px scene is slow).
 SCENE_BLOCK = 500
@@ -134,14 +135,8 @@ def counts_printed(stdout):
 
 def machine():
     """The CPU, its cores, the memory and Python: what a timing is published with."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-    return f"{cpu}, {os.cpu_count()} CPU threads, {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    return f"{cpu_name()}, {os.cpu_count()} CPU threads, {memory:.0f} GiB RAM, Python {platform.python_version()}"
 
 
 def format_table(rows):
