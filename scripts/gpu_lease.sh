@@ -140,7 +140,11 @@ gather() {
 print('python', sys.version.split()[0], '| torch', torch.__version__, '| CUDA', torch.version.cuda,
       '| cuDNN', torch.backends.cudnn.version())
 print('GPU:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'none')
-print('CPU:', platform.processor() or platform.machine(), '|', __import__('os').cpu_count(), 'threads')"
+try:
+    from maskrcnnpp.machine import cpu_name  # the model name; absent where the set-up step failed
+except ImportError:
+    cpu_name = platform.machine
+print('CPU:', cpu_name(), '|', __import__('os').cpu_count(), 'threads')"
     nvidia-smi 2>/dev/null || echo "nvidia-smi: not available"
     echo '```'
   } > "$out/summary.md"

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import REPO
 
+from maskrcnnpp.machine import cpu_name
+
 LEASE = os.path.join(REPO, "scripts", "gpu_lease.sh")
 STEPS = ("setup", "cuda_tests", "benchmark", "compare")
 
@@ -56,6 +58,7 @@ def test_a_step_past_its_limit_is_stopped_and_the_next_step_runs(tmp_path):
     assert run.returncode == 1, run.stdout[-4000:] + run.stderr[-2000:]
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert step_results(summary) == {step: "stopped at its limit (1 s)" for step in STEPS}
+    assert f"CPU: {cpu_name()} | {os.cpu_count()} threads" in summary
     assert "[lease] gather: ok" in run.stdout
 
 
