@@ -60,6 +60,8 @@ def test_resume_continues_from_the_saved_iteration(trained, tiny_nuclei):
     iterations = [m["iteration"] for m in read_metrics(output_dir) if "total_loss" in m]
     # The first run logged iteration 2; the resumed one starts at 3 and logs 4, never 0 again.
     assert iterations == [2, 4]
+    assert "Resuming at iteration 3: replaying the data loader's first 3 batches" in (
+        result.stdout + result.stderr)
 
 
 @pytest.mark.slow
