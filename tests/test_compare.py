@@ -16,7 +16,7 @@ from conftest import REPO, TINY_TRAINING, load_tool, run_tool
 
 from maskrcnnpp.analysis.comparison import ACCURACY_METRICS, summarize
 from maskrcnnpp.analysis.comparison_report import _csv_rows, _figure, format_markdown, shell_words
-from maskrcnnpp.analysis.runs import RunFailed, plan_runs
+from maskrcnnpp.analysis.runs import RunFailed, plan_runs, read_metrics_log
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.machine import label as machine_label
 from maskrcnnpp.training import CONCURRENT_RUNS_ENV, concurrent_run_env
@@ -259,6 +259,25 @@ def test_a_run_resumed_after_a_stop_has_no_wall_time(setup, tmp_path):
     assert json.loads((tmp_path / "runs" / "quickstart_synthetic" / "seed1" / "run_result.json")
                       .read_text())["wall_seconds"] is None
     assert [run.training_calls for run in runs] == [1, 2, 0]
+
+
+def test_a_resumed_run_log_drops_what_the_stopped_call_logged_past_its_checkpoint(tmp_path):
+    """The stopped call logged up to iteration 79 and its checkpoint was at 49: the resumed call
+    logs 59 and 79 again, and the log reads as one run whose latest iteration is the resumed
+    call's, evaluation included; a line being written is skipped."""
+    lines = [{"iteration": 19, "total_loss": 2.0}, {"iteration": 39, "total_loss": 1.5},
+             {"iteration": 59, "total_loss": 1.2}, {"iteration": 59, "segm/AP": 10.0},
+             {"iteration": 79, "total_loss": 0.9},
+             {"iteration": 59, "total_loss": 1.1}]
+    log = tmp_path / "metrics.json"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"iteration": 7')
+    assert read_metrics_log(log) == {19: {"iteration": 19, "total_loss": 2.0},
+                                     39: {"iteration": 39, "total_loss": 1.5},
+                                     59: {"iteration": 59, "total_loss": 1.1}}
+    with open(log, "a") as f:
+        f.write('9, "total_loss": 1.0}\n{"iteration": 79, "segm/AP": 12.0}\n')
+    assert read_metrics_log(log)[79] == {"iteration": 79, "total_loss": 1.0, "segm/AP": 12.0}
+    assert max(read_metrics_log(log)) == 79 and len(read_metrics_log(log)) == 4
 
 
 def test_the_comparison_sets_seeds_itself(setup, tmp_path):

@@ -179,9 +179,11 @@ def _check_reusable(run):
 
 
 def read_metrics_log(path):
-    """detectron2's metrics.json as {iteration: entry}; entries of one iteration are merged and
-    a resumed run's repeated iterations keep their latest values."""
-    by_iteration = {}
+    """detectron2's metrics.json as {iteration: entry}, the entries of one iteration merged. A
+    resumed call appends from its checkpoint on, back in the iterations: what the stopped call had
+    logged from there on was trained again, so it is dropped (else a resumed run's progress would
+    read as the stopped call's furthest iteration)."""
+    by_iteration, last = {}, -1
     if not os.path.isfile(path):
         return by_iteration
     with open(path) as f:
@@ -190,8 +192,12 @@ def read_metrics_log(path):
                 entry = json.loads(line)
             except json.JSONDecodeError:  # the line being written right now
                 continue
-            by_iteration.setdefault(entry["iteration"], {}).update(entry)
-    return dict(sorted(by_iteration.items()))
+            iteration = entry["iteration"]
+            if iteration < last:
+                by_iteration = {i: e for i, e in by_iteration.items() if i < iteration}
+            last = iteration
+            by_iteration.setdefault(iteration, {}).update(entry)
+    return by_iteration
 
 
 def evaluation_key(test_datasets, metric):
