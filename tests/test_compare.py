@@ -280,6 +280,27 @@ def test_a_resumed_run_log_drops_what_the_stopped_call_logged_past_its_checkpoin
     assert max(read_metrics_log(log)) == 79 and len(read_metrics_log(log)) == 4
 
 
+def test_a_reused_run_keeps_the_machine_that_trained_it(setup, tmp_path):
+    """Collected again from its folder (its metrics as this version reads them), a finished run
+    keeps the machine its run_result.json names, or none: not the machine that reuses it."""
+    runs = plan_runs([QUICKSTART], [0, 1], setup["opts"], tmp_path)
+    for run, machine in zip(runs, ("AMD EPYC (AVX512), 2 CPU threads", None)):
+        evaluation = os.path.join(run.output_dir, "inference", run.cfg.DATASETS.TEST[0])
+        os.makedirs(evaluation)
+        with open(os.path.join(evaluation, "nuclei_metrics.json"), "w") as f:
+            json.dump({"mask_AP": 50.0 + run.seed}, f)
+        with open(run.path("metrics.json"), "w") as f:
+            f.write(json.dumps({"iteration": 19, "total_loss": 1.0, "time": 0.5}) + "\n")
+        stored = {"config": run.name, "seed": run.seed, "metrics": {}, "wall_seconds": 100.0}
+        with open(run.path("run_result.json"), "w") as f:
+            json.dump({**stored, "machine": machine} if machine else stored, f)
+    results = compare_tool.run_all(runs, num_gpus=1)
+    assert [result["metrics"] for result in results] == [{"mask_AP": 50.0}, {"mask_AP": 51.0}]
+    assert [result.get("machine") for result in results] == ["AMD EPYC (AVX512), 2 CPU threads", None]
+    assert "machine" not in json.loads((tmp_path / "runs" / "quickstart_synthetic" / "seed1"
+                                        / "run_result.json").read_text())
+
+
 def test_the_comparison_sets_seeds_itself(setup, tmp_path):
     with pytest.raises(UserInputError, match="sets SEED for each run"):
         plan_runs(setup["configs"], SEEDS, [*setup["opts"], "SEED", "3"], tmp_path)

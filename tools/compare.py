@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 
+import torch
 from tqdm import tqdm
 
 from maskrcnnpp import cli
@@ -46,6 +47,8 @@ from maskrcnnpp.analysis.runs import (
 from maskrcnnpp.analysis.speed import BenchmarkSettings, benchmark
 from maskrcnnpp.errors import UserInputError
 from maskrcnnpp.io_utils import write_json
+from maskrcnnpp.machine import describe as describe_machine
+from maskrcnnpp.machine import label as machine_label
 from maskrcnnpp.preflight import unresumable_run_files
 from maskrcnnpp.training import clear_training_run, concurrent_run_env
 
@@ -160,8 +163,12 @@ class TrainingChild:
                 f"{self.label} failed (exit code {self.child.returncode}); its output is in "
                 f"{self.run.path(LOG_FILE)}. Last lines:\n{tail}"
             )
+        # where it happened, which collecting again later (on another machine) cannot tell: the
+        # wall time, and the machine (a run resumes only from checkpoints, which stay where written)
+        device = self.run.cfg.MODEL.DEVICE.split(":")[0]
         result = whole_run_timing(
-            {**collect_run(self.run, curve_metric), "wall_seconds": wall_seconds}, self.run)
+            {**collect_run(self.run, curve_metric), "wall_seconds": wall_seconds,
+             "machine": machine_label(describe_machine(torch, device))}, self.run)
         write_json(result, self.run.path(RESULT_FILE), indent=2)
         return result
 

@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 import yaml
 from detectron2.config import get_cfg
 
@@ -19,8 +18,6 @@ from ..config import add_maskrcnnpp_config
 from ..config_loader import build_cfg
 from ..errors import UserInputError
 from ..evaluation import METRICS_FILE
-from ..machine import describe as describe_machine
-from ..machine import label as machine_label
 from ..preflight import check_datasets, check_model, check_writable
 
 # Configs must agree on these: "same data and schedule".
@@ -212,8 +209,8 @@ def evaluation_key(test_datasets, metric):
 
 def collect_run(run, curve_metric="mask_AP"):
     """What a comparison needs of a trained run: its final nuclei metrics (nuclei_metrics.json),
-    median training step time and the machine that trained it (step times of other machines do
-    not compare), and the training-loss and validation ``curve_metric`` curves."""
+    median training step time, and the training-loss and validation ``curve_metric`` curves: all
+    read from its folder, so that collecting again gives the same."""
     metrics_file = os.path.join(run.output_dir, "inference", run.cfg.DATASETS.TEST[0], METRICS_FILE)
     if not os.path.isfile(metrics_file):
         raise RunFailed(
@@ -231,8 +228,6 @@ def collect_run(run, curve_metric="mask_AP"):
         "metrics": {key: value for key, value in final.items() if key != "by_type"},
         "metrics_by_type": final.get("by_type", {}),
         "train_s_per_iter": float(np.median(step_times)) if step_times else None,
-        # the machine that trained it: a run resumes only from checkpoints, which stay where written
-        "machine": machine_label(describe_machine(torch, run.cfg.MODEL.DEVICE.split(":")[0])),
         "loss_curve": [[i, e["total_loss"]] for i, e in log.items() if "total_loss" in e],
         "eval_curve": [[i, e[curve_key]] for i, e in log.items() if curve_key in e],
     }
