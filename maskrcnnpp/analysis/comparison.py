@@ -81,9 +81,14 @@ def summarize(runs, run_results, measured):
     test_available = len(seeds) >= 2
     for row in rows[1:]:
         row["paired_t_test"] = (
-            {key: paired_t_test(row["per_seed"][key], rows[0]["per_seed"][key])
-             for key, _, _ in ACCURACY_METRICS} if test_available else None
+            _paired_tests(row, rows[0]) if test_available else None
         )
+    # the other configs against each other: is the dense neck ahead of the wide FPN?
+    other_pairs = [
+        {"config": ours["config"], "against": theirs["config"],
+         "paired_t_test": _paired_tests(ours, theirs)}
+        for position, theirs in enumerate(rows[1:], start=2) for ours in rows[position:]
+    ] if test_available else []
     first_cfg = runs[0].cfg
     return {
         "configs": [{"name": row["config"], "config_file": row["config_file"]} for row in rows],
@@ -101,7 +106,14 @@ def summarize(runs, run_results, measured):
         },
         "benchmark": {key: measured.get(key) for key in BENCHMARK_KEYS},
         "results": rows,
+        "other_pairs": other_pairs,
     }
+
+
+def _paired_tests(ours, theirs):
+    """Each accuracy metric of config row ``ours`` against row ``theirs``, paired by seed."""
+    return {key: paired_t_test(ours["per_seed"][key], theirs["per_seed"][key])
+            for key, _, _ in ACCURACY_METRICS}
 
 
 def _mean_by_type(seed_results):

@@ -84,23 +84,19 @@ def format_markdown(report):
         lines.append(f"{test['test']}. Cells: p-value (mean difference to {test['against']}; "
                      "its 95 % confidence interval).")
         lines.append("")
-        body = []
-        for row in report["results"][1:]:
-            cells = [row["config"]]
-            for key, _, value_format in ACCURACY_METRICS:
-                result = row["paired_t_test"][key]
-                if result["mean_difference"] is None:
-                    cells.append("n/a")
-                    continue
-                p = "undefined" if result["p"] is None else f"p={result['p']:.3f}"
-                low, high = (format(value, "+" + value_format) for value in result["ci95"])
-                difference = format(result["mean_difference"], "+" + value_format)
-                cells.append(f"{p} ({difference}; {low} to {high})")
-            body.append(cells)
+        body = [[row["config"]] + _test_cells(row["paired_t_test"]) for row in report["results"][1:]]
         headers = ["config"] + [title for _, title, _ in ACCURACY_METRICS]
         lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
         lines.append("")
         lines.append("p is undefined where every seed gives the same difference.")
+    if report.get("other_pairs"):  # absent from reports written before it existed
+        lines += ["", "## Paired t-tests between the other configs", "",
+                  "Cells as above: p-value (mean difference of config minus against; its 95 % "
+                  "confidence interval).", ""]
+        body = [[pair["config"], pair["against"]] + _test_cells(pair["paired_t_test"])
+                for pair in report["other_pairs"]]
+        headers = ["config", "against"] + [title for _, title, _ in ACCURACY_METRICS]
+        lines.append(tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True))
     typed = [row for row in report["results"] if row.get("mean_by_type")]
     if typed:
         lines += ["", "## Per image type (mean over seeds)", ""]
@@ -116,6 +112,21 @@ def format_markdown(report):
     lines += ["", "## Runs", "", _format_runs(report), "",
               "![accuracy, speed, training curves and every seed](compare.png)", ""]
     return "\n".join(lines)
+
+
+def _test_cells(tests):
+    """One table cell per accuracy metric: "p=... (difference; low to high)", or "n/a"."""
+    cells = []
+    for key, _, value_format in ACCURACY_METRICS:
+        result = tests[key]
+        if result["mean_difference"] is None:
+            cells.append("n/a")
+            continue
+        p = "undefined" if result["p"] is None else f"p={result['p']:.3f}"
+        low, high = (format(value, "+" + value_format) for value in result["ci95"])
+        difference = format(result["mean_difference"], "+" + value_format)
+        cells.append(f"{p} ({difference}; {low} to {high})")
+    return cells
 
 
 def _format_runs(report):
